@@ -1,0 +1,1 @@
+"""Thin Python wrappers of the compiled (C++ CPU, CUDA) ops; dispatch lives in ``backends``."""

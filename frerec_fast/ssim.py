@@ -1,0 +1,171 @@
+"""SSIM and exact SSIM top-K retrieval, torch reference (SPEC 4).
+
+SSIM: Gaussian window 11x11 (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
+population covariance, mean over the valid region (windows fully inside the
+image); equal to ``skimage.metrics.structural_similarity(a, b,
+gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``.
+
+The Q x N matrix is computed in blocks whose size is bounded by
+``max_block_elems`` (products held at once), and top-K keeps a running per-query
+selection, so memory stays bounded however large the database.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+WIN = 11
+SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+C1, C2 = (K1 * 1.0) ** 2, (K2 * 1.0) ** 2
+DEFAULT_BLOCK_ELEMS = 1 << 25  # 32M floats = 128 MiB of pairwise products per block
+
+
+def gaussian_window(size: int = WIN, sigma: float = SIGMA, dtype=torch.float32, device=None):
+    """Normalised 1-D Gaussian taps. Returns: [size]."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2.0
+    g = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
+    return (g / g.sum()).to(dtype)
+
+
+def _check_luma(name: str, t: torch.Tensor) -> None:
+    if t.dim() != 4 or t.shape[1] != 1:
+        raise ValueError(f"{name} must be luma [N, 1, h, w], got shape {tuple(t.shape)}")
+    if t.shape[-1] < WIN or t.shape[-2] < WIN:
+        raise ValueError(f"{name}: SSIM needs images of at least {WIN}x{WIN}, got "
+                         f"{t.shape[-2]}x{t.shape[-1]}")
+
+
+def filter_valid(x: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filter, valid region only.
+
+    x: [N, 1, h, w]. Returns: [N, 1, h - 10, w - 10].
+    """
+    g = gaussian_window(dtype=x.dtype, device=x.device)
+    x = F.conv2d(x, g.view(1, 1, WIN, 1))
+    return F.conv2d(x, g.view(1, 1, 1, WIN))
+
+
+def _ssim_map(mu_a, mu_b, var_a, var_b, cov):
+    num = (2 * mu_a * mu_b + C1) * (2 * cov + C2)
+    den = (mu_a * mu_a + mu_b * mu_b + C1) * (var_a + var_b + C2)
+    return num / den
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Paired SSIM.
+
+    a, b: [B, 1, h, w] luma in [0, 1] (or [B, h, w]). Returns: [B] float32.
+    """
+    if a.dim() == 3:
+        a, b = a[:, None], b[:, None]
+    _check_luma("a", a)
+    if a.shape != b.shape:
+        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have one shape")
+    a, b = a.float(), b.float()
+    mu_a, mu_b = filter_valid(a), filter_valid(b)
+    var_a = filter_valid(a * a) - mu_a * mu_a
+    var_b = filter_valid(b * b) - mu_b * mu_b
+    cov = filter_valid(a * b) - mu_a * mu_b
+    return _ssim_map(mu_a, mu_b, var_a, var_b, cov).mean(dim=(1, 2, 3))
+
+
+def local_stats(x: torch.Tensor):
+    """Per-image local mean and variance maps, computed once per image.
+
+    x: [N, 1, h, w]. Returns: mu [N, h', w'], var [N, h', w'] (h' = h - 10).
+    """
+    mu = filter_valid(x)
+    var = filter_valid(x * x) - mu * mu
+    return mu[:, 0], var[:, 0]
+
+
+def _pair_block(q, mu_q, var_q, d, mu_d, var_d) -> torch.Tensor:
+    """SSIM of every q against every d. q: [Qb, 1, h, w], d: [Nb, 1, h, w]. Returns [Qb, Nb]."""
+    qb, nb = q.shape[0], d.shape[0]
+    prod = (q[:, None] * d[None]).reshape(qb * nb, 1, *q.shape[-2:])
+    exy = filter_valid(prod).view(qb, nb, *mu_q.shape[-2:])
+    cov = exy - mu_q[:, None] * mu_d[None]
+    m = _ssim_map(mu_q[:, None], mu_d[None], var_q[:, None], var_d[None], cov)
+    return m.mean(dim=(2, 3))
+
+
+def _block_sizes(q: torch.Tensor, n_db: int, max_block_elems: int):
+    hw = q.shape[-1] * q.shape[-2]
+    pairs = max(1, max_block_elems // hw)
+    qb = max(1, min(q.shape[0], int(pairs ** 0.5)))
+    nb = max(1, min(n_db, pairs // qb))
+    return qb, nb
+
+
+def ssim_matrix_torch(q: torch.Tensor, db: torch.Tensor,
+                      max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> torch.Tensor:
+    """All-pairs SSIM, reference. q: [Q, 1, h, w], db: [N, 1, h, w]. Returns: [Q, N] float32."""
+    _check_luma("q", q)
+    _check_luma("db", db)
+    if q.shape[-2:] != db.shape[-2:]:
+        raise ValueError(f"queries are {tuple(q.shape[-2:])} but the database is "
+                         f"{tuple(db.shape[-2:])}: SSIM needs one size")
+    q, db = q.float(), db.to(q.device).float()
+    mu_q, var_q = local_stats(q)
+    out = torch.empty(q.shape[0], db.shape[0], dtype=torch.float32, device=q.device)
+    qb, nb = _block_sizes(q, db.shape[0], max_block_elems)
+    for j in range(0, db.shape[0], nb):
+        d = db[j:j + nb]
+        mu_d, var_d = local_stats(d)
+        for i in range(0, q.shape[0], qb):
+            out[i:i + qb, j:j + nb] = _pair_block(q[i:i + qb], mu_q[i:i + qb], var_q[i:i + qb],
+                                                  d, mu_d, var_d)
+    return out
+
+
+def clamp_k(k: int, n_db: int, has_exclude: bool) -> int:
+    """K clamped to the database size minus self (SPEC 4)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    limit = n_db - (1 if has_exclude else 0)
+    if limit < 1:
+        raise ValueError(f"the database has {n_db} image(s): no neighbour left after self-exclusion")
+    return min(int(k), limit)
+
+
+def merge_topk(best_s, best_i, new_s, new_i, k: int):
+    """Merge a running selection with new candidates; ties go to the lower index.
+
+    best_*: [Q, k0] (sorted by score desc, then index asc), new_*: [Q, m] with indices
+    all above those in best and ascending. Returns the merged [Q, min(k, k0 + m)].
+    """
+    s = torch.cat([best_s, new_s], 1)
+    i = torch.cat([best_i, new_i], 1)
+    # A stable descending sort keeps the earlier (lower-index) entry first among equals.
+    s, order = torch.sort(s, dim=1, descending=True, stable=True)
+    i = torch.gather(i, 1, order)
+    return s[:, :k], i[:, :k]
+
+
+def ssim_topk_torch(q: torch.Tensor, db: torch.Tensor, k: int,
+                    exclude: torch.Tensor | None = None,
+                    max_block_elems: int = DEFAULT_BLOCK_ELEMS):
+    """Exact top-k by SSIM, reference (see ``frerec_fast.ssim_topk``).
+
+    Returns: scores [Q, k] float32 descending, idx [Q, k] int64.
+    """
+    _check_luma("q", q)
+    _check_luma("db", db)
+    k = clamp_k(k, db.shape[0], exclude is not None)
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.long, device=q.device).reshape(-1)
+        if exclude.shape[0] != q.shape[0]:
+            raise ValueError(f"exclude must be [Q={q.shape[0]}], got {tuple(exclude.shape)}")
+    n_q = q.shape[0]
+    best_s = torch.empty(n_q, 0, dtype=torch.float32, device=q.device)
+    best_i = torch.empty(n_q, 0, dtype=torch.long, device=q.device)
+    _, nb = _block_sizes(q, db.shape[0], max_block_elems)
+    nb = max(nb, k)
+    for j in range(0, db.shape[0], nb):
+        block = ssim_matrix_torch(q, db[j:j + nb], max_block_elems)
+        idx = torch.arange(j, j + block.shape[1], device=q.device).expand(n_q, -1)
+        if exclude is not None:
+            block = block.masked_fill(idx == exclude[:, None], float("-inf"))
+        best_s, best_i = merge_topk(best_s, best_i, block, idx, k)
+    return best_s, best_i

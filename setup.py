@@ -1,0 +1,81 @@
+"""Build of frerec_fast: the Python package plus the C++ extension ``frerec_fast._C``.
+
+Environment switches (see README, "Building"):
+  FREREC_NO_EXT=1           build no compiled code (pure-Python install; torch backends only)
+  FREREC_SKIP_CUDA_BUILD=1  never build the CUDA part, even with a CUDA torch and nvcc
+  FREREC_FORCE_CUDA=1       build the CUDA part even when no GPU is visible (needs a CUDA torch)
+  FREREC_CUDA_ARCHS="80;90" target architectures for the CUDA part (default: 80;90)
+  MAX_JOBS                  parallel compile jobs (torch's ninja builder)
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _extensions():
+    if _flag("FREREC_NO_EXT"):
+        print("frerec_fast: FREREC_NO_EXT=1, building no compiled extension", file=sys.stderr)
+        return [], {}
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = ["csrc/bindings.cpp", *cpu_sources]
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    link = ["-fopenmp"]
+    want_cuda = not _flag("FREREC_SKIP_CUDA_BUILD") and torch.version.cuda is not None \
+        and CUDA_HOME is not None and (torch.cuda.is_available() or _flag("FREREC_FORCE_CUDA"))
+    if want_cuda:
+        archs = os.environ.get("FREREC_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
+        gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs if a]
+        cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        ext = CUDAExtension(
+            "frerec_fast._C", sources + cu_sources + sorted(glob.glob("csrc/cuda/*.cpp")),
+            define_macros=[("FREREC_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", *gencode]},
+            extra_link_args=link)
+        print(f"frerec_fast: building C++ + CUDA extension for sm {archs}", file=sys.stderr)
+    else:
+        why = ("FREREC_SKIP_CUDA_BUILD=1" if _flag("FREREC_SKIP_CUDA_BUILD") else
+               "torch has no CUDA" if torch.version.cuda is None else
+               "nvcc/CUDA_HOME not found" if CUDA_HOME is None else
+               "no GPU visible (set FREREC_FORCE_CUDA=1 to build anyway)")
+        print(f"frerec_fast: building the C++ CPU extension only ({why})", file=sys.stderr)
+        ext = CppExtension("frerec_fast._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
+    return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="frerec_fast",
+    version="0.1.0",
+    description="Fast FreRec: frequency recalibration of AI-synthesised medical images",
+    packages=find_packages(include=["frerec_fast", "frerec_fast.*"]) + ["frerec_fast.kernels"],
+    package_dir={"frerec_fast.kernels": "kernels"},
+    package_data={"frerec_fast": ["data/*", "data/**/*", "csrc_cuda/*.cu"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "numpy", "Pillow", "safetensors"],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11"],
+        "medical": ["pydicom", "nibabel"],
+        "progress": ["tqdm"],
+        "onnx": ["onnx", "onnxruntime"],
+        "triton": ["triton"],
+        "ray": ["ray[default]"],
+    },
+    entry_points={"console_scripts": ["frerec=frerec_fast.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    zip_safe=False,
+)
