@@ -71,10 +71,12 @@ _TABLE: dict[str, dict[str, Impl]] = {
     "shr": {
         "torch": Impl("spectral:shr", ("cpu", "cuda")),
         "cpp": Impl("fast.shr_cpp:shr", ("cpu",)),
+        "cuda": Impl("fast.shr_cuda:shr", ("cuda",)),
     },
     "band_stats": {
         "torch": Impl("spectral:band_stats", ("cpu", "cuda")),
         "cpp": Impl("fast.shr_cpp:band_stats", ("cpu",)),
+        "cuda": Impl("fast.shr_cuda:band_stats", ("cuda",)),
     },
     "ssim_matrix": {
         "torch": Impl("ssim:ssim_matrix_torch", ("cpu", "cuda")),

@@ -1,0 +1,360 @@
+"""The real-image index: what retrieval and SHR need to know about the real set.
+
+Per real image it stores the luma retrieval thumbnail (float16, SPEC 4), the
+high-band statistics per channel at the working size (SPEC 2), its relative
+path (key) and a content hash; plus the config they were made with.
+
+On disk an index is a directory with two files, written atomically:
+``index.safetensors`` (tensors ``thumbs [N, 1, h, w] f16``, ``mu [N, C] f32``,
+``sigma [N, C] f32``) and ``index.json`` (format, version, config, keys, hashes,
+and the SHA-256 of the tensor file). Loading checks format, version and checksum
+and refuses a file that does not match, saying what to do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import io as fio
+from .ops import band_stats, ssim_topk
+from .spectral import luma
+
+log = logging.getLogger("frerec_fast")
+
+FORMAT = "frerec_fast.index"
+VERSION = 1
+TENSORS_FILE = "index.safetensors"
+META_FILE = "index.json"
+
+
+class IndexFileError(ValueError):
+    """An index file is missing, corrupt, or of another version."""
+
+
+def _pair(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    ratio: float = 0.5
+    domain: str = "complex"
+    work_size: tuple[int, int] = (64, 64)
+    retrieval_size: tuple[int, int] = (64, 64)
+    channels: int = 1
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "IndexConfig":
+        return cls(ratio=float(d["ratio"]), domain=str(d["domain"]),
+                   work_size=_pair(d["work_size"]), retrieval_size=_pair(d["retrieval_size"]),
+                   channels=int(d["channels"]))
+
+
+def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize an image batch: area averaging when shrinking (SPEC 4), bicubic
+    (clamped to [0, 1]) when enlarging; unchanged at the same size.
+
+    x: [B, C, H, W]. Returns: [B, C, size[0], size[1]].
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Match the index's channel count: grey -> RGB by replication, RGB -> grey by luma.
+
+    x: [B, C, H, W]. Returns: [B, channels, H, W].
+    """
+    if x.shape[1] == channels:
+        return x
+    return x.expand(-1, 3, -1, -1) if channels == 3 else luma(x)
+
+
+def thumbnails(x: torch.Tensor, retrieval_size: tuple[int, int]) -> torch.Tensor:
+    """Luma retrieval thumbnails (SPEC 4). x: [B, C, H, W] -> [B, 1, h, w] float32."""
+    return resample(luma(x.float()), retrieval_size)
+
+
+@dataclass
+class Neighbours:
+    """Top-K neighbours of a query batch and their statistics, ready for ``shr``.
+
+    ids, scores: [B, K]; mu_bank, sigma_bank: [B, K, C].
+    """
+    ids: torch.Tensor
+    scores: torch.Tensor
+    mu_bank: torch.Tensor
+    sigma_bank: torch.Tensor
+
+
+@dataclass
+class RealIndex:
+    """A loaded real-image index (see module docstring)."""
+    config: IndexConfig
+    thumbs: torch.Tensor          # [N, 1, h, w] float16
+    mu: torch.Tensor              # [N, C] float32
+    sigma: torch.Tensor           # [N, C] float32
+    keys: list[str]
+    hashes: list[str]
+    skipped: list[dict] = field(default_factory=list)
+    path: Path | None = None
+
+    def __post_init__(self):
+        self._positions = {k: i for i, k in enumerate(self.keys)}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def position(self, key: str) -> int:
+        """Index position of a real image by its key (relative path), or -1."""
+        return self._positions.get(key, -1)
+
+    def thumbnails(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, C, H, W] -> [B, 1, h, w] float32 at this index's retrieval size."""
+        return thumbnails(x, self.config.retrieval_size)
+
+    def neighbours(self, queries: torch.Tensor, k: int = 200,
+                   exclude: torch.Tensor | Sequence[int] | None = None,
+                   backend: str = "auto", mode: str = "exact") -> Neighbours:
+        """Top-k real neighbours by SSIM of each query and their band statistics.
+
+        queries: [B, C, H, W] float in [0, 1] (any size; thumbnailed here).
+        exclude: optional [B] index positions to skip (self-exclusion; -1 for none).
+        Returns: Neighbours with ids, scores [B, k'] and banks [B, k', C],
+        k' = min(k, N) (N - 1 with exclude).
+        """
+        q = self.thumbnails(queries)
+        if exclude is not None:
+            exclude = torch.as_tensor(exclude, dtype=torch.long, device=q.device)
+        scores, ids = ssim_topk(q, self.thumbs.to(q.device), k, exclude=exclude, mode=mode,
+                                backend=backend)
+        cpu_ids = ids.cpu()
+        mu_bank = self.mu[cpu_ids].to(queries.device)
+        sigma_bank = self.sigma[cpu_ids].to(queries.device)
+        return Neighbours(ids, scores, mu_bank, sigma_bank)
+
+    # -- persistence -------------------------------------------------------
+    def save(self, out: str | os.PathLike) -> Path:
+        """Write ``out/index.safetensors`` and ``out/index.json`` atomically."""
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"thumbs": self.thumbs.contiguous(), "mu": self.mu.contiguous(),
+                   "sigma": self.sigma.contiguous()}
+        tmp_t = _tmp_path(out, TENSORS_FILE)
+        try:
+            save_file(tensors, str(tmp_t))
+            _fsync(tmp_t)
+            digest = fio.file_sha256(tmp_t)
+            meta = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
+                    "count": len(self), "tensors_sha256": digest, "keys": self.keys,
+                    "hashes": self.hashes, "skipped": self.skipped}
+            os.replace(tmp_t, out / TENSORS_FILE)
+        finally:
+            if tmp_t.exists():
+                tmp_t.unlink()
+        _atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
+        self.path = out
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, verify: bool = True) -> "RealIndex":
+        """Load an index directory (or its index.json / index.safetensors).
+
+        mmap=True maps the tensor file (pages load on demand); mmap=False copies it
+        into memory. verify=True checks the SHA-256 recorded in index.json.
+        """
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        root = path.parent if path.is_file() else path
+        meta_p, tens_p = root / META_FILE, root / TENSORS_FILE
+        for p in (meta_p, tens_p):
+            if not p.is_file():
+                raise IndexFileError(f"{p}: missing; build an index with `frerec index REAL_DIR OUT`")
+        try:
+            meta = json.loads(meta_p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise IndexFileError(f"{meta_p}: not valid JSON ({e}); rebuild the index") from e
+        if meta.get("format") != FORMAT:
+            raise IndexFileError(f"{meta_p}: not a frerec_fast index (format {meta.get('format')!r})")
+        if meta.get("version") != VERSION:
+            raise IndexFileError(f"{meta_p}: index version {meta.get('version')} but this frerec_fast "
+                              f"reads version {VERSION}; rebuild it with `frerec index`")
+        if verify:
+            digest = fio.file_sha256(tens_p)
+            if digest != meta.get("tensors_sha256"):
+                raise IndexFileError(f"{tens_p}: checksum mismatch (file {digest[:12]}..., "
+                                  f"index.json says {str(meta.get('tensors_sha256'))[:12]}...): "
+                                  f"the file is corrupt or was changed; rebuild the index")
+        try:
+            t = load_file(str(tens_p))
+        except Exception as e:
+            raise IndexFileError(f"{tens_p}: cannot read tensors ({e}); rebuild the index") from e
+        if not mmap:
+            t = {k: v.clone() for k, v in t.items()}
+        n = int(meta["count"])
+        cfg = IndexConfig.from_dict(meta["config"])
+        expect = {"thumbs": (n, 1, *cfg.retrieval_size), "mu": (n, cfg.channels),
+                  "sigma": (n, cfg.channels)}
+        for name, shape in expect.items():
+            if name not in t or tuple(t[name].shape) != shape:
+                got = tuple(t[name].shape) if name in t else None
+                raise IndexFileError(f"{tens_p}: tensor {name!r} has shape {got}, expected {shape}")
+        if len(meta["keys"]) != n or len(meta["hashes"]) != n:
+            raise IndexFileError(f"{meta_p}: {len(meta['keys'])} keys for {n} images")
+        return cls(cfg, t["thumbs"], t["mu"], t["sigma"], list(meta["keys"]),
+                   list(meta["hashes"]), list(meta.get("skipped", [])), root)
+
+
+def _tmp_path(directory: Path, name: str) -> Path:
+    fd, p = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    return Path(p)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _atomic_write_text(dst: Path, text: str) -> None:
+    tmp = _tmp_path(dst.parent, dst.name)
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _decode(root: Path, rel: str):
+    try:
+        items = fio.read_images(root, rel)
+        return rel, items, fio.file_sha256(root / rel), None
+    except (fio.ImageReadError, ImportError, OSError) as e:
+        return rel, [], None, str(e)
+
+
+def _windows(seq: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+def build_index(real_dir: str | os.PathLike, out: str | os.PathLike | None = None, *,
+                ratio: float = 0.5, domain: str = "complex", work_size=None,
+                retrieval_size=64, channels: int | None = None, batch_size: int = 64,
+                workers: int = 4, backend: str = "auto", progress: bool = True) -> RealIndex:
+    """Scan ``real_dir`` recursively and build (and, with ``out``, save) a RealIndex.
+
+    work_size: (H, W) or int at which band statistics are computed; None takes the
+    first image's size (images of other sizes are resampled to it, and a warning
+    says how many). channels: 1 or 3; None takes the first image's count (others
+    are converted: grey -> RGB by replication, RGB -> grey by luma).
+    Unreadable files are skipped, logged, and listed under ``skipped``.
+    """
+    root = Path(real_dir)
+    rels = fio.scan_images(root)
+    if not rels:
+        raise FileNotFoundError(f"{root}: no supported images found "
+                                f"(looked for {', '.join(fio.SUPPORTED_EXTS)})")
+    cfg: IndexConfig | None = None
+    if work_size is not None and channels is not None:
+        cfg = IndexConfig(ratio, domain, _pair(work_size), _pair(retrieval_size), int(channels))
+    thumbs, mus, sigmas, keys, hashes, skipped = [], [], [], [], [], []
+    n_resized = n_converted = 0
+    bar = _progress(len(rels), "index", progress)
+    batch: list[torch.Tensor] = []
+
+    def flush():
+        if not batch:
+            return
+        x = torch.stack(batch)
+        mu, sigma = band_stats(x, ratio=cfg.ratio, domain=cfg.domain, backend=backend)
+        mus.append(mu.float().cpu())
+        sigmas.append(sigma.float().cpu())
+        thumbs.append(thumbnails(x, cfg.retrieval_size).half())
+        batch.clear()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for window in _windows(rels, max(batch_size, 16)):
+            for rel, items, digest, err in pool.map(lambda r: _decode(root, r), window):
+                bar.update(1)
+                if err is not None:
+                    log.warning("skipping %s", err)
+                    skipped.append({"path": rel, "error": err})
+                    continue
+                for d in items:
+                    px = torch.from_numpy(d.pixels)
+                    if cfg is None:
+                        cfg = IndexConfig(ratio, domain,
+                                          _pair(work_size) or tuple(px.shape[-2:]),
+                                          _pair(retrieval_size) or tuple(px.shape[-2:]),
+                                          int(channels or px.shape[0]))
+                    if px.shape[0] != cfg.channels:
+                        n_converted += 1
+                        px = to_channels(px[None], cfg.channels)[0]
+                    if tuple(px.shape[-2:]) != cfg.work_size:
+                        n_resized += 1
+                        px = resample(px[None], cfg.work_size)[0]
+                    batch.append(px)
+                    keys.append(d.key)
+                    hashes.append(digest)
+                    if len(batch) >= batch_size:
+                        flush()
+    flush()
+    bar.close()
+    if not keys:
+        raise ValueError(f"{root}: none of {len(rels)} files could be read; first error: "
+                         f"{skipped[0]['error'] if skipped else '?'}")
+    if n_resized:
+        log.warning("%d image(s) resampled to the working size %s", n_resized, cfg.work_size)
+    if n_converted:
+        log.warning("%d image(s) converted to %d channel(s)", n_converted, cfg.channels)
+    index = RealIndex(cfg, torch.cat(thumbs), torch.cat(mus), torch.cat(sigmas), keys, hashes,
+                      skipped)
+    if out is not None:
+        index.save(out)
+    return index
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc=desc, unit="file")

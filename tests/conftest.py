@@ -1,0 +1,16 @@
+"""Shared fixtures and options: --device selects where device-aware tests run."""
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="device for device-aware tests (cuda needs a GPU)")
+
+
+@pytest.fixture
+def device(request):
+    dev = request.config.getoption("--device")
+    if dev == "cuda" and not torch.cuda.is_available():
+        pytest.skip("--device=cuda given but no CUDA GPU is visible to torch")
+    return torch.device(dev)
