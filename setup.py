@@ -70,6 +70,7 @@ setup(
         "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11"],
         "medical": ["pydicom", "nibabel"],
         "progress": ["tqdm"],
+        "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxruntime"],
         "triton": ["triton"],
         "ray": ["ray[default]"],

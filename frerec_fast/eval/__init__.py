@@ -1,0 +1,4 @@
+"""Diagnostics: spectral profiles of image sets and the frequency gap (SPEC 8)."""
+from .spectrum import DirProfile, load_dir, profile_dir, plot_profiles
+
+__all__ = ["DirProfile", "load_dir", "profile_dir", "plot_profiles"]
