@@ -72,17 +72,21 @@ _TABLE: dict[str, dict[str, Impl]] = {
         "torch": Impl("spectral:shr", ("cpu", "cuda")),
         "cpp": Impl("fast.shr_cpp:shr", ("cpu",)),
         "cuda": Impl("fast.shr_cuda:shr", ("cuda",)),
+        "triton": Impl("kernels.shr:shr", ("cpu", "cuda")),
     },
     "band_stats": {
         "torch": Impl("spectral:band_stats", ("cpu", "cuda")),
         "cpp": Impl("fast.shr_cpp:band_stats", ("cpu",)),
         "cuda": Impl("fast.shr_cuda:band_stats", ("cuda",)),
+        "triton": Impl("kernels.shr:band_stats", ("cpu", "cuda")),
     },
     "ssim_matrix": {
         "torch": Impl("ssim:ssim_matrix_torch", ("cpu", "cuda")),
+        "triton": Impl("kernels.ssim_topk:ssim_matrix", ("cpu", "cuda")),
     },
     "ssim_topk": {
         "torch": Impl("ssim:ssim_topk_torch", ("cpu", "cuda")),
+        "triton": Impl("kernels.ssim_topk:ssim_topk", ("cpu", "cuda")),
     },
 }
 

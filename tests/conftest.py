@@ -1,6 +1,13 @@
 """Shared fixtures and options: --device selects where device-aware tests run."""
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton kernels run on CPU tensors through the interpreter. The flag
+# is read when a kernel module is imported, so it is set before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_addoption(parser):
