@@ -71,7 +71,7 @@ setup(
         "medical": ["pydicom", "nibabel"],
         "progress": ["tqdm"],
         "plot": ["matplotlib"],
-        "onnx": ["onnx", "onnxruntime"],
+        "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "ray": ["ray[default]"],
     },

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "cpu/shr.h"
+#include "cpu/ssim.h"
 
 namespace {
 
@@ -51,6 +52,22 @@ void shr_apply_half_cpu(torch::Tensor spec, int64_t W, double ratio, bool amplit
                          sigma_hat.data_ptr<float>());
 }
 
+torch::Tensor ssim_matrix_cpu(const torch::Tensor& q, const torch::Tensor& db) {
+  for (const auto* t : {&q, &db}) {
+    TORCH_CHECK(t->device() == torch::kCPU && t->scalar_type() == torch::kFloat &&
+                    t->is_contiguous() && t->dim() == 3,
+                "ssim_matrix: expected contiguous float32 CPU tensors [N, h, w], got ",
+                t->scalar_type(), " ", t->sizes());
+  }
+  TORCH_CHECK(q.size(1) == db.size(1) && q.size(2) == db.size(2),
+              "ssim_matrix: query size ", q.sizes(), " differs from database size ", db.sizes());
+  TORCH_CHECK(q.size(1) >= 11 && q.size(2) >= 11, "ssim_matrix: images must be at least 11x11");
+  auto out = torch::empty({q.size(0), db.size(0)}, q.options());
+  frerec::ssim_matrix(q.data_ptr<float>(), q.size(0), db.data_ptr<float>(), db.size(0), q.size(1),
+                      q.size(2), out.data_ptr<float>());
+  return out;
+}
+
 }  // namespace
 
 #ifdef FREREC_WITH_CUDA
@@ -68,6 +85,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("shr_apply_half_", &shr_apply_half_cpu, "In-place SHR on an rfft2 half spectrum",
         py::arg("spec"), py::arg("W"), py::arg("ratio"), py::arg("amplitude"), py::arg("mu_s"),
         py::arg("sigma_s"), py::arg("mu_hat"), py::arg("sigma_hat"));
+  m.def("ssim_matrix", &ssim_matrix_cpu, "All-pairs SSIM [Q, N] of [Q,h,w] and [N,h,w] luma",
+        py::arg("q"), py::arg("db"));
 #ifdef FREREC_WITH_CUDA
   m.attr("WITH_CUDA") = true;
   m.def("band_stats_half_cuda", &band_stats_half_cuda, py::arg("spec"), py::arg("W"),

@@ -82,10 +82,12 @@ _TABLE: dict[str, dict[str, Impl]] = {
     },
     "ssim_matrix": {
         "torch": Impl("ssim:ssim_matrix_torch", ("cpu", "cuda")),
+        "cpp": Impl("fast.ssim_cpp:ssim_matrix", ("cpu",)),
         "triton": Impl("kernels.ssim_topk:ssim_matrix", ("cpu", "cuda")),
     },
     "ssim_topk": {
         "torch": Impl("ssim:ssim_topk_torch", ("cpu", "cuda")),
+        "cpp": Impl("fast.ssim_cpp:ssim_topk", ("cpu",)),
         "triton": Impl("kernels.ssim_topk:ssim_topk", ("cpu", "cuda")),
     },
 }

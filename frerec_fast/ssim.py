@@ -12,6 +12,7 @@ selection, so memory stays bounded however large the database.
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import torch
 
@@ -29,7 +30,7 @@ def gaussian_window(size: int = WIN, sigma: float = SIGMA, dtype=torch.float32, 
     return (g / g.sum()).to(dtype)
 
 
-def _check_luma(name: str, t: torch.Tensor) -> None:
+def check_luma(name: str, t: torch.Tensor) -> None:
     if t.dim() != 4 or t.shape[1] != 1:
         raise ValueError(f"{name} must be luma [N, 1, h, w], got shape {tuple(t.shape)}")
     if t.shape[-1] < WIN or t.shape[-2] < WIN:
@@ -50,6 +51,15 @@ def band_matrix(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """The valid Gaussian filter along one axis as a matrix: row i holds the taps at
     columns i..i+10. Returns: [n - 10, n]."""
     return _band_matrix64(n).to(dtype=dtype, device=device)
+
+
+def check_pair(q: torch.Tensor, db: torch.Tensor) -> None:
+    """Queries and database must both be luma of one size (every backend checks this)."""
+    check_luma("q", q)
+    check_luma("db", db)
+    if q.shape[-2:] != db.shape[-2:]:
+        raise ValueError(f"queries are {tuple(q.shape[-2:])} but the database is "
+                         f"{tuple(db.shape[-2:])}: SSIM needs one size")
 
 
 def filter_valid(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +86,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     if a.dim() == 3:
         a, b = a[:, None], b[:, None]
-    _check_luma("a", a)
+    check_luma("a", a)
     if a.shape != b.shape:
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have one shape")
     a, b = a.float(), b.float()
@@ -118,11 +128,7 @@ def _block_sizes(q: torch.Tensor, n_db: int, max_block_elems: int):
 def ssim_matrix_torch(q: torch.Tensor, db: torch.Tensor,
                       max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> torch.Tensor:
     """All-pairs SSIM, reference. q: [Q, 1, h, w], db: [N, 1, h, w]. Returns: [Q, N] float32."""
-    _check_luma("q", q)
-    _check_luma("db", db)
-    if q.shape[-2:] != db.shape[-2:]:
-        raise ValueError(f"queries are {tuple(q.shape[-2:])} but the database is "
-                         f"{tuple(db.shape[-2:])}: SSIM needs one size")
+    check_pair(q, db)
     q, db = q.float(), db.to(q.device).float()
     mu_q, var_q = local_stats(q)
     out = torch.empty(q.shape[0], db.shape[0], dtype=torch.float32, device=q.device)
@@ -160,6 +166,31 @@ def merge_topk(best_s, best_i, new_s, new_i, k: int):
     return s[:, :k], i[:, :k]
 
 
+def chunked_topk(score_block: Callable[[int, int], torch.Tensor], n_q: int, n_db: int, k: int,
+                 exclude: torch.Tensor | None, chunk: int, device):
+    """Running exact top-k over database chunks, shared by every backend.
+
+    score_block(j0, j1) -> [Q, j1 - j0] scores of all queries against db[j0:j1].
+    exclude: [Q] int64 database index to skip per query (-1: none) or None.
+    Returns: scores [Q, k] float32 descending, idx [Q, k] int64 (ties: lower index).
+    """
+    k = clamp_k(k, n_db, exclude is not None)
+    if exclude is not None:
+        exclude = torch.as_tensor(exclude, dtype=torch.long, device=device).reshape(-1)
+        if exclude.shape[0] != n_q:
+            raise ValueError(f"exclude must be [Q={n_q}], got {tuple(exclude.shape)}")
+    best_s = torch.empty(n_q, 0, dtype=torch.float32, device=device)
+    best_i = torch.empty(n_q, 0, dtype=torch.long, device=device)
+    chunk = max(int(chunk), k)
+    for j in range(0, n_db, chunk):
+        block = score_block(j, min(j + chunk, n_db)).to(device)
+        idx = torch.arange(j, j + block.shape[1], device=device).expand(n_q, -1)
+        if exclude is not None:
+            block = block.masked_fill(idx == exclude[:, None], float("-inf"))
+        best_s, best_i = merge_topk(best_s, best_i, block, idx, k)
+    return best_s, best_i
+
+
 def ssim_topk_torch(q: torch.Tensor, db: torch.Tensor, k: int,
                     exclude: torch.Tensor | None = None,
                     max_block_elems: int = DEFAULT_BLOCK_ELEMS):
@@ -167,22 +198,7 @@ def ssim_topk_torch(q: torch.Tensor, db: torch.Tensor, k: int,
 
     Returns: scores [Q, k] float32 descending, idx [Q, k] int64.
     """
-    _check_luma("q", q)
-    _check_luma("db", db)
-    k = clamp_k(k, db.shape[0], exclude is not None)
-    if exclude is not None:
-        exclude = torch.as_tensor(exclude, dtype=torch.long, device=q.device).reshape(-1)
-        if exclude.shape[0] != q.shape[0]:
-            raise ValueError(f"exclude must be [Q={q.shape[0]}], got {tuple(exclude.shape)}")
-    n_q = q.shape[0]
-    best_s = torch.empty(n_q, 0, dtype=torch.float32, device=q.device)
-    best_i = torch.empty(n_q, 0, dtype=torch.long, device=q.device)
+    check_pair(q, db)
     _, nb = _block_sizes(q, db.shape[0], max_block_elems)
-    nb = max(nb, k)
-    for j in range(0, db.shape[0], nb):
-        block = ssim_matrix_torch(q, db[j:j + nb], max_block_elems)
-        idx = torch.arange(j, j + block.shape[1], device=q.device).expand(n_q, -1)
-        if exclude is not None:
-            block = block.masked_fill(idx == exclude[:, None], float("-inf"))
-        best_s, best_i = merge_topk(best_s, best_i, block, idx, k)
-    return best_s, best_i
+    return chunked_topk(lambda j0, j1: ssim_matrix_torch(q, db[j0:j1], max_block_elems),
+                        q.shape[0], db.shape[0], k, exclude, nb, q.device)

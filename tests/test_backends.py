@@ -15,8 +15,8 @@ def test_unknown_and_unavailable_backends_raise_clearly():
         ff.band_stats(x, backend="fast")
     with pytest.raises(ff.BackendUnavailable, match="runs on cuda tensors"):
         ff.band_stats(x, backend="cuda")
-    with pytest.raises(ff.BackendUnavailable, match="no 'cpp' implementation"):
-        ff.ssim_matrix(torch.rand(1, 1, 16, 16), torch.rand(2, 1, 16, 16), backend="cpp")
+    with pytest.raises(ff.BackendUnavailable, match="no 'cuda' implementation"):
+        ff.ssim_matrix(torch.rand(1, 1, 16, 16), torch.rand(2, 1, 16, 16), backend="cuda")
 
 
 def test_triton_on_cpu_needs_interpreter(monkeypatch):
@@ -28,7 +28,7 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
 @needs_cpp
 def test_auto_prefers_cpp_on_cpu():
     assert backends.resolve_name("shr", "auto", "cpu") == "cpp"
-    assert backends.resolve_name("ssim_topk", "auto", "cpu") == "torch"
+    assert backends.resolve_name("ssim_topk", "auto", "cpu") == "cpp"
     assert "cpp" in backends.available("band_stats", "cpu")
 
 

@@ -1,0 +1,13 @@
+// SSIM of every query against every database image (SPEC 4), CPU, raw pointers.
+#pragma once
+#include <cstdint>
+
+namespace frerec {
+
+// q: [Q, h, w], db: [N, h, w] float32 luma in [0, 1]; out: [Q, N] float32.
+// Gaussian window 11x11 (sigma 1.5), K1 0.01, K2 0.03, data range 1, population
+// covariance, mean over the valid region. Requires h, w >= 11.
+void ssim_matrix(const float* q, int64_t Q, const float* db, int64_t N, int64_t h, int64_t w,
+                 float* out);
+
+}  // namespace frerec

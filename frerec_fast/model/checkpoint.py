@@ -1,0 +1,130 @@
+"""RHM checkpoints: `<path>.safetensors` (weights) + `<path>.json` (config, extra, checksum).
+
+Never pickle: weights load with safetensors only. Both files are written atomically (temp
+file, fsync, os.replace); the JSON goes last and carries the SHA-256 of the weights file, so
+a crash mid-save or a weights file from another save is detected at load time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from ._consts import default_file_mode
+from .config import RHMConfig
+from .restormer import RHM
+
+FORMAT = "frerec_fast.rhm"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, or does not match its partner file or the model."""
+
+
+def _stem(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+def checkpoint_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(weights, sidecar) paths for a checkpoint stem; a '.safetensors'/'.json' suffix is dropped."""
+    s = _stem(path)
+    return s.with_name(s.name + ".safetensors"), s.with_name(s.name + ".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable; not possible on every filesystem/OS
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save_checkpoint(path: str | os.PathLike, model: RHM, config: RHMConfig | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write the model's state_dict (parameters and BatchNorm buffers) and its config.
+
+    extra: JSON-able metadata (epoch, loss, data description, ...). Returns the stem path.
+    """
+    config = config or model.config
+    if config.replace(dft=model.config.dft) != model.config:
+        raise ValueError(f"save_checkpoint: config {config} does not describe the model ({model.config})")
+    ws, js = checkpoint_paths(path)
+    ws.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    cfg_json = json.dumps(config.to_dict(), sort_keys=True)
+    blob = st_save(tensors, metadata={"format": FORMAT, "config": cfg_json})
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+            "weights_file": ws.name, "weights_sha256": hashlib.sha256(blob).hexdigest(),
+            "extra": extra or {}}
+    side = json.dumps(meta, indent=2, sort_keys=True).encode()  # fails here if extra is not JSON-able
+    _atomic_write(ws, blob)
+    _atomic_write(js, side)
+    return _stem(path)
+
+
+def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The sidecar JSON of a checkpoint (config, extra, checksum), validated."""
+    _, js = checkpoint_paths(path)
+    if not js.is_file():
+        raise CheckpointError(f"RHM checkpoint sidecar {js} not found (a checkpoint is "
+                              f"<stem>.safetensors + <stem>.json, written by save_checkpoint)")
+    try:
+        meta = json.loads(js.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint sidecar {js}: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{js} is not an RHM checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{js} has format version {meta['format_version']}, this "
+                              f"frerec_fast reads up to {FORMAT_VERSION}: upgrade frerec_fast")
+    return meta
+
+
+def load_rhm(path: str | os.PathLike, device: str | torch.device = "cpu") -> RHM:
+    """Rebuild an RHM from a checkpoint written by save_checkpoint, in eval mode on `device`."""
+    ws, js = checkpoint_paths(path)
+    meta = read_checkpoint_meta(path)
+    if not ws.is_file():
+        raise CheckpointError(f"RHM weights {ws} not found (sidecar {js} exists)")
+    blob = ws.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("weights_sha256"):
+        raise CheckpointError(f"{ws} does not match its sidecar {js} (SHA-256 differs): the "
+                              f"weights were overwritten, truncated, or come from another save")
+    try:
+        config = RHMConfig.from_dict(meta["config"])
+        state = st_load(blob)
+    except Exception as e:  # bad config values or an unreadable safetensors header
+        raise CheckpointError(f"cannot load RHM checkpoint {ws}: {e}") from e
+    model = RHM(config)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{ws} does not fit RHM({config}): {e}") from e
+    if missing or unexpected:
+        raise CheckpointError(f"{ws} does not fit RHM({config}): missing {sorted(missing)[:8]}, "
+                              f"unexpected {sorted(unexpected)[:8]}")
+    return model.to(device).eval()

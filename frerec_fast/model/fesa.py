@@ -1,0 +1,94 @@
+"""FESA, the frequency-enhanced spatial attention of the FET-block (paper Eqs. 4-6, SPEC 5).
+
+Residual reading. SPEC writes the block as `x = x + FESA(LN(x))` and the paper's Eq. 6 as
+`F_final = F_rgb + ReLU(BN(Conv1x1(F_rgb_hat || F_fre_hat)))`. Taking both literally with
+F_rgb = LN(x) would add the normalised input on top of the block's residual
+(x + LN(x) + ...). We read Eq. 6's `F_rgb +` as *being* the block's residual: `FESA.forward`
+returns only the fused increment `ReLU(BN(Conv1x1(concat)))`, and the block adds it to its
+un-normalised input x. So one FET-block computes
+    x = x + ReLU(BN(Conv1x1(concat(MDTA(LN(x)), Freq(LN(x))))))
+    x = x + GDFN(LN(x))
+and with fesa=False (plain Restormer) `x = x + MDTA(LN(x))`, exactly Restormer's block.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import dft as _dft
+from .ring_pool import ring_pool, ring_scatter, ring_sector_index
+
+
+class MDTA(nn.Module):
+    """Restormer's multi-Dconv-head transposed attention (the global branch, Eq. 4).
+
+    x: [B, C, H, W] -> [B, C, H, W]; attention is C/heads x C/heads per head, over all pixels.
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        # [B, C, H, W] -> [B, heads, C/heads, H*W]; -1 keeps the batch dim symbolic for export.
+        q, k, v = (t.reshape(-1, self.heads, c // self.heads, h * w) for t in (q, k, v))
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        return self.project_out((attn @ v).reshape(-1, c, h, w))
+
+
+class FrequencyBranch(nn.Module):
+    """Local frequency branch (Eq. 5, as SPEC 5 reads it).
+
+    X = rfft2(x, ortho); |X| averaged over channels; mean-pooled into the polar grid
+    [B, 1, n_sectors, n_rings]; G = sigmoid(Conv3x3), V = Conv3x3; G*V scattered back to the
+    half-spectrum grid multiplies X; irfft2 to the input size; 1x1 conv.
+    x: [B, C, H, W] -> [B, C, H, W].
+    """
+
+    def __init__(self, dim: int, n_rings: int = 16, n_sectors: int = 32, bias: bool = False,
+                 dft: str = "fft"):
+        super().__init__()
+        self.n_rings, self.n_sectors, self.dft = n_rings, n_sectors, dft
+        # The polar map is one channel (the channel-averaged amplitude); bias kept here
+        # regardless of config.bias, since a 1->1 conv without it cannot shift the gate.
+        self.gate = nn.Conv2d(1, 1, 3, padding=1, bias=True)
+        self.value = nn.Conv2d(1, 1, 3, padding=1, bias=True)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        re, im = _dft.rfft2(x, self.dft)                                   # [B, C, H, Wh]
+        amp = _dft.amplitude(re, im).mean(dim=1)                           # [B, H, Wh]
+        idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device)
+        n_bins = self.n_rings * self.n_sectors
+        polar = ring_pool(amp, idx, n_bins).reshape(-1, 1, self.n_sectors, self.n_rings)
+        mod = torch.sigmoid(self.gate(polar)) * self.value(polar)          # [B, 1, S, R]
+        mask = ring_scatter(mod.reshape(-1, n_bins), idx).unsqueeze(1)     # [B, 1, H, Wh]
+        return self.project_out(_dft.irfft2(re * mask, im * mask, (h, w), self.dft))
+
+
+class FESA(nn.Module):
+    """Global MDTA + local frequency branch, fused by 1x1 conv, BatchNorm, ReLU (Eq. 6).
+
+    x: [B, C, H, W] (already layer-normalised) -> the residual increment [B, C, H, W];
+    the caller adds it to the block input (see the module docstring).
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = False, n_rings: int = 16,
+                 n_sectors: int = 32, dft: str = "fft"):
+        super().__init__()
+        self.spatial = MDTA(dim, heads, bias)
+        self.frequency = FrequencyBranch(dim, n_rings, n_sectors, bias, dft)
+        self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=bias), nn.BatchNorm2d(dim),
+                                  nn.ReLU(inplace=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fuse(torch.cat([self.spatial(x), self.frequency(x)], dim=1))
