@@ -31,15 +31,45 @@ def cmd_index(a) -> int:
     return 0
 
 
-def cmd_shr(a) -> int:
-    from .pipeline import shr_dir
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
-    rep = shr_dir(a.src, a.dst, a.index, k=a.k, seed=a.seed, batch_size=a.batch_size,
-                  backend=a.backend, self_exclude=a.real)
-    print(f"SHR: {rep.ok} written to {a.dst}, {rep.failed} failed, {rep.seconds:.1f}s")
-    for path, err in rep.errors.items():
+
+def cmd_calibrate(a) -> int:
+    from .pipeline import calibrate_dir
+
+    model = False if a.shr_only else a.model
+    rep = calibrate_dir(a.src, a.dst, index=a.index, model=model, device=_device(a.device),
+                        batch_size=a.batch_size, seed=a.seed, backend=a.backend,
+                        resume=not a.no_resume, k=a.k, calibrate_real=a.real,
+                        workers=a.workers, progress=not a.quiet)
+    print(summary(rep, a.dst))
+    for path, err in rep["errors"].items():
         print(f"  failed {path}: {err}", file=sys.stderr)
-    return 1 if rep.failed else 0
+    if rep["failed"]:
+        print(f"frerec calibrate: {rep['failed']} file(s) failed (listed above and in "
+              f"{Path(a.dst) / 'frerec_report.json'})", file=sys.stderr)
+    return 1 if rep["failed"] else 0
+
+
+def summary(rep: dict, dst) -> str:
+    """A short text summary of a calibrate_dir report."""
+    st = rep["stage_seconds"]
+    lines = [f"{'FreRec' if rep['rhm'] else 'SHR only'}: {rep['ok']} written to {dst}, "
+             f"{rep['skipped']} already done, {rep['failed']} failed; {rep['seconds']:.1f}s, "
+             f"{rep['images_per_s']:.1f} img/s on {rep['device_name']} "
+             f"(backends: {', '.join(f'{k}={v}' for k, v in rep['backends'].items())})",
+             "  stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items())]
+    gap = rep.get("frequency_gap") or {}
+    if gap:
+        gi, go = gap["inputs_vs_index"], gap["outputs_vs_index"]
+        lines.append(f"  frequency gap to the real index (high band / all radii, "
+                     f"{gap['sample']} images): inputs {gi['high_band']:.4f} / "
+                     f"{gi['all_radii']:.4f}, outputs {go['high_band']:.4f} / {go['all_radii']:.4f}")
+    return "\n".join(lines)
 
 
 def cmd_spectrum(a) -> int:
@@ -66,7 +96,7 @@ def cmd_spectrum(a) -> int:
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(a.out), k=a.k, seed=a.seed, backend=a.backend)
+    return run_demo(Path(a.out), k=a.k, seed=a.seed, backend=a.backend, device=_device(a.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,19 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_index)
 
-    s = sub.add_parser("shr", help="SHR only (no RHM): recalibrate a directory's high band",
-                       description="For each image: top-K real neighbours by SSIM, per-image "
-                       "noise from (seed, relative path), SHR, clip, write to DST.")
-    s.add_argument("src")
-    s.add_argument("dst")
-    s.add_argument("--index", required=True, help="index directory from `frerec index`")
-    s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--backend", default="auto")
-    s.add_argument("--real", action="store_true",
-                   help="inputs are real images that may be in the index: exclude self")
-    s.set_defaults(fn=cmd_shr)
+    for name, shr_only in (("calibrate", False), ("shr", True)):
+        s = sub.add_parser(name, help=("calibrate a directory: retrieval, SHR, RHM" if not shr_only
+                                       else "SHR only (no RHM): the first FreRec step alone"),
+                           description=(
+            "For each image under SRC: top-K real neighbours by SSIM, per-image noise from "
+            "(seed, relative path), SHR" + ("" if shr_only else ", RHM") + ", clip; written "
+            "to DST with the same relative path, format and bit depth. Resumable: a manifest "
+            "in DST records finished files. Exit code 1 if any file failed."))
+        s.add_argument("src")
+        s.add_argument("dst")
+        s.add_argument("--index", required=True, help="index directory from `frerec index`")
+        if not shr_only:
+            s.add_argument("--model", default=None,
+                           help="RHM checkpoint (default: the model shipped with the package)")
+        s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--batch-size", type=int, default=16)
+        s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
+        s.add_argument("--backend", default="auto", help="auto|torch|cpp|triton|cuda")
+        s.add_argument("--workers", type=int, default=4, help="decode threads")
+        s.add_argument("--real", action="store_true",
+                       help="inputs are real images, maybe in the index: exclude each one's own "
+                            "entry (SPEC 6)")
+        s.add_argument("--no-resume", action="store_true",
+                       help="redo every file even if the manifest says it is done")
+        s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        s.set_defaults(fn=cmd_calibrate, shr_only=shr_only)
 
     s = sub.add_parser("spectrum", help="spectral profiles of directories and their gaps",
                        description="Mean log10 radial power profile of each directory's luma "
@@ -123,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-k", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", default="auto")
+    s.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
     s.set_defaults(fn=cmd_demo)
     return p
 

@@ -12,10 +12,10 @@ and refuses a file that does not match, saying what to do.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,25 +156,18 @@ class RealIndex:
     # -- persistence -------------------------------------------------------
     def save(self, out: str | os.PathLike) -> Path:
         """Write ``out/index.safetensors`` and ``out/index.json`` atomically."""
-        from safetensors.torch import save_file
-
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"thumbs": self.thumbs.contiguous(), "mu": self.mu.contiguous(),
                    "sigma": self.sigma.contiguous()}
-        tmp_t = _tmp_path(out, TENSORS_FILE)
-        try:
-            save_file(tensors, str(tmp_t))
-            _fsync(tmp_t)
-            digest = fio.file_sha256(tmp_t)
-            meta = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
-                    "count": len(self), "tensors_sha256": digest, "keys": self.keys,
-                    "hashes": self.hashes, "skipped": self.skipped}
-            os.replace(tmp_t, out / TENSORS_FILE)
-        finally:
-            if tmp_t.exists():
-                tmp_t.unlink()
-        _atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
+        from safetensors.torch import save
+
+        blob = save(tensors)
+        fio.atomic_write_bytes(out / TENSORS_FILE, blob)
+        meta = {"format": FORMAT, "version": VERSION, "config": self.config.to_dict(),
+                "count": len(self), "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+                "keys": self.keys, "hashes": self.hashes, "skipped": self.skipped}
+        fio.atomic_write_text(out / META_FILE, json.dumps(meta, indent=1))
         self.path = out
         return out
 
@@ -226,30 +219,6 @@ class RealIndex:
             raise IndexFileError(f"{meta_p}: {len(meta['keys'])} keys for {n} images")
         return cls(cfg, t["thumbs"], t["mu"], t["sigma"], list(meta["keys"]),
                    list(meta["hashes"]), list(meta.get("skipped", [])), root)
-
-
-def _tmp_path(directory: Path, name: str) -> Path:
-    fd, p = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(p)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _atomic_write_text(dst: Path, text: str) -> None:
-    tmp = _tmp_path(dst.parent, dst.name)
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _decode(root: Path, rel: str):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +23,8 @@ PIL_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_EXTS = (".dcm", ".dicom")
 NIFTI_EXTS = (".nii", ".nii.gz")
 SUPPORTED_EXTS = PIL_EXTS + DICOM_EXTS + NIFTI_EXTS
+# Temp files of interrupted atomic writes end with this; a resumed run removes them.
+TMP_SUFFIX = ".frerec-tmp"
 
 
 class ImageReadError(ValueError):
@@ -209,3 +212,100 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray, bit_depth: int = 8) -
     if bit_depth == 16 and arr.ndim == 3:
         raise ValueError("16-bit RGB PNG is not supported by Pillow; use grayscale or 8-bit")
     Image.fromarray(arr).save(path, format="PNG")
+
+
+def _atomic_save(out: Path, save) -> None:
+    """Write through ``save(fileobj)`` to a temp file beside ``out``, fsync, rename."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            save(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_like(src: Decoded, pixels: np.ndarray, out: str | os.PathLike,
+               src_path: str | os.PathLike | None = None) -> None:
+    """Encode ``pixels`` ([C, H, W] float in [0, 1]) in the source's format and bit depth,
+    atomically (temp file, fsync, rename).
+
+    PNG/TIFF/BMP keep 8 or 16 bits (sources with alpha or a palette are written as
+    L or RGB); JPEG is written at quality 95 without chroma subsampling; float TIFF
+    stays float32. DICOM keeps every header element and gets new pixel data mapped
+    back through its window (values outside the window were clipped on reading) and
+    written uncompressed. NIfTI volumes are written by ``write_nifti_like``.
+    """
+    out = Path(out)
+    if src.fmt == "DICOM":
+        _atomic_save(out, lambda fh: _dicom_like(src, pixels, src_path, fh))
+        return
+    from PIL import Image
+
+    pil_fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(src.fmt, src.fmt)
+    if src.bit_depth == 32:
+        img = Image.fromarray(np.clip(pixels[0], 0, 1).astype(np.float32), mode="F")
+    else:
+        img = Image.fromarray(to_uint(pixels, 16 if src.bit_depth == 16 else 8))
+    kwargs = {"quality": 95, "subsampling": 0} if pil_fmt == "JPEG" else {}
+    _atomic_save(out, lambda fh: img.save(fh, format=pil_fmt, **kwargs))
+
+
+def _dicom_like(src: Decoded, pixels: np.ndarray, src_path, fh) -> None:
+    pydicom = optional_import("pydicom", "writing DICOM files")
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(str(src_path))
+    raw = ds.pixel_array
+    lo, hi = src.meta["window"]
+    value = lo + np.clip(pixels[0].astype(np.float64), 0, 1) * (hi - lo)
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    stored = np.rint((value - inter) / slope)
+    info = np.iinfo(raw.dtype) if raw.dtype.kind in "iu" else None
+    if info is not None:
+        stored = np.clip(stored, info.min, info.max)
+    ds.PixelData = stored.astype(raw.dtype).tobytes()
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(fh, enforce_file_format=True)
+
+
+def atomic_write_bytes(dst: str | os.PathLike, data: bytes) -> None:
+    """Write a file atomically (temp file beside it, fsync, rename)."""
+    _atomic_save(Path(dst), lambda fh: fh.write(data))
+
+
+def atomic_write_text(dst: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(dst, text.encode("utf-8"))
+
+
+def write_nifti_like(src_path: str | os.PathLike, items: list[Decoded], slices: list[np.ndarray],
+                     out: str | os.PathLike) -> None:
+    """Write calibrated slices ([1, H, W] each, in [0, 1]) back as a NIfTI volume with the
+    source's affine and header, values mapped back through the volume's min-max, float32."""
+    nib = optional_import("nibabel", "writing NIfTI files")
+    src_img = nib.load(str(src_path))
+    lo, hi = items[0].meta["range"]
+    vol = np.stack([s[0] for s in slices], axis=-1).astype(np.float64) * (hi - lo) + lo
+    shape = src_img.shape
+    vol = vol.reshape(shape) if int(np.prod(shape)) == vol.size else vol
+    header = src_img.header.copy()
+    header.set_data_dtype(np.float32)
+    img = nib.Nifti1Image(vol.astype(np.float32), src_img.affine, header)
+    out = Path(out)
+    data = img.to_bytes()
+    atomic_write_bytes(out, _gzip(data) if out.name.endswith(".gz") else data)
+
+
+def _gzip(data: bytes) -> bytes:
+    import gzip
+
+    # mtime=0 so that the same volume always compresses to the same bytes.
+    return gzip.compress(data, mtime=0)

@@ -1,87 +1,383 @@
-"""Directory-level jobs built from the ops: SHR-only calibration of a directory.
+"""``calibrate_dir``: the streaming, resumable batch job that is the product's main use.
 
-``shr_dir`` is FreRec's first step alone (the paper's "SHR" ablation row): for
-each image, its top-K real neighbours by SSIM, per-image noise from
-``(seed, relative path)``, SHR, clip to [0, 1], write. Outputs keep the relative
-path; PNG keeps its bit depth, other formats are written as PNG (8-bit from 8-bit
-sources, 16-bit otherwise) with the suffix changed to .png.
+files -> decode (thread pool, bounded prefetch) -> work-size tiles -> retrieval
+(SSIM top-K against the real index) -> SHR (per-tile noise from (seed, path, tile))
+-> RHM -> clip -> stitch -> encode in the source's format (writer threads, atomic
+temp-file + fsync + rename) -> one manifest line per finished file.
+
+Every tile is processed independently of the others in its batch, so the bytes of
+an output depend only on its input, the index, the model, the seed and the backend:
+not on batch size, order, or how often the run was interrupted and resumed.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from . import backends
 from . import io as fio
-from .index import RealIndex, resample, to_channels
+from .index import RealIndex, resample
 from .ops import shr
 from .seeding import sample_eps
+from .spectral import frequency_gap, luma, spectral_profile
+from .tiles import cut, stitch
+
+MANIFEST = "frerec_manifest.jsonl"
+REPORT = "frerec_report.json"
+GAP_SAMPLE = 256
+
+
+class Manifest:
+    """Append-only JSON-lines record of finished files, fsynced after each line.
+
+    A line cut short by a kill is ignored on reading, so the file stays usable.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, dict] = {}
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                try:
+                    e = json.loads(line)
+                    self.entries[e["path"]] = e
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        self._fh = open(path, "a")
+
+    def done(self, rel: str, digest: str, dst: Path) -> bool:
+        e = self.entries.get(rel)
+        return bool(e and e.get("status") == "ok" and e.get("input_sha256") == digest
+                    and (dst / e.get("output", rel)).is_file())
+
+    def append(self, entry: dict) -> None:
+        self.entries[entry["path"]] = entry
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 @dataclass
-class ShrReport:
-    ok: int = 0
-    failed: int = 0
-    errors: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    outputs: list[str] = field(default_factory=list)
+class _Job:
+    """One input file in flight: its decoded images, their tiles and finished tiles."""
+    rel: str
+    digest: str
+    items: list                      # list[fio.Decoded]
+    exclude: int                     # index position of this file (self-exclusion) or -1
+    tiles: list = field(default_factory=list)     # per item: [T, C, h, w] model input
+    offsets: list = field(default_factory=list)   # per item: tile offsets
+    out: list = field(default_factory=list)       # per item: [T, C, h, w] results (filled)
+    remaining: int = 0
 
 
-def _out_path(dst: Path, key: str) -> Path:
-    rel = Path(key.replace("#", "_"))
-    return dst / (rel if rel.suffix.lower() == ".png" else rel.with_suffix(".png"))
+@dataclass
+class _Stages:
+    decode: float = 0.0
+    retrieval: float = 0.0
+    shr: float = 0.0
+    rhm: float = 0.0
+    encode: float = 0.0
 
 
-def shr_dir(src: str | os.PathLike, dst: str | os.PathLike, index: RealIndex | str,
-            k: int = 200, seed: int = 0, batch_size: int = 32, backend: str = "auto",
-            self_exclude: bool = False) -> ShrReport:
-    """SHR every image under ``src`` into ``dst`` (see module docstring).
+def _resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA GPU is visible to torch; "
+                         "pass device='cpu' (CLI: --device cpu)")
+    return dev
 
-    Images are resampled to the index's working size. self_exclude=True skips an
-    image's own entry when it is in the index (calibrating real images, SPEC 6).
+
+def _load_model(model, device: torch.device):
+    if model is False:
+        return None
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    from .model import load_rhm
+
+    if model is None:
+        from .training.default import default_model_path
+        model = default_model_path()
+    return load_rhm(model, device=device)
+
+
+def _model_channels(model) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "in_channels", None) if cfg is not None else None
+
+
+def _to_channels(px: torch.Tensor, c: int, where: str) -> torch.Tensor:
+    """Source [C0, H, W] -> [c, H, W]; grey -> RGB by replication; RGB -> grey only when
+    the three channels are equal (a grey image stored as RGB)."""
+    if px.shape[0] == c:
+        return px
+    if c == 3:
+        return px.expand(3, -1, -1)
+    if (px[0] == px[1]).all() and (px[1] == px[2]).all():
+        return px[:1]
+    raise fio.ImageReadError(f"{where}: colour image, but the index/model are 1-channel "
+                             f"(build a 3-channel index and model for colour data)")
+
+
+def _from_channels(y: torch.Tensor, c0: int) -> torch.Tensor:
+    if y.shape[0] == c0:
+        return y
+    return y[:1].expand(3, -1, -1) if c0 == 3 else luma(y[None])[0]
+
+
+def _output_rel(rel: str) -> str:
+    return rel
+
+
+def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, model=None,
+                  device: str | torch.device = "cuda", batch_size: int = 16, seed: int = 0,
+                  backend: str = "auto", resume: bool = True, k: int = 200,
+                  calibrate_real: bool = False, workers: int = 4, progress: bool = True,
+                  overlap: float = 0.25) -> dict:
+    """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
+    bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
+
+    index: a RealIndex or the path of one (required). model: a loaded RHM, a checkpoint
+    path, None for the shipped default model, or False for SHR only (no RHM).
+    Images larger than the index's working size are processed in overlapping tiles of
+    that size (see ``frerec_fast.tiles``); smaller ones are reported as errors.
+    calibrate_real=True excludes each image's own index entry (matched by content hash)
+    when it is a real image of the index (SPEC 6).
+    resume=True skips files that the manifest in ``dst`` records as done with the same
+    input hash. Returns the run report (also written to ``dst/frerec_report.json``):
+    ``ok``, ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     """
+    t_start = time.perf_counter()
     src, dst = Path(src).resolve(), Path(dst).resolve()
-    if dst == src or src in dst.parents:
-        raise ValueError(f"{dst}: the output directory must not be inside the input {src}")
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: input directory not found")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
+                         f"the input directory {src} (inputs are never modified)")
+    if index is None:
+        raise ValueError("an index is required: build one with frerec_fast.build_index "
+                         "(CLI: frerec index REAL_DIR OUT)")
+    dev = _resolve_device(device)
     index = index if isinstance(index, RealIndex) else RealIndex.load(index)
     cfg = index.config
-    report = ShrReport()
-    t0 = time.perf_counter()
-    pending: list[tuple[str, torch.Tensor, int]] = []
+    net = _load_model(model, dev)
+    mc = _model_channels(net)
+    if mc is not None and mc != cfg.channels:
+        raise ValueError(f"the model takes {mc} channel(s) but the index has {cfg.channels}")
+    used = {op: backends.resolve_name(op, backend, dev) for op in ("ssim_topk", "shr")}
+    by_hash = {h: i for i, h in enumerate(index.hashes)} if calibrate_real else {}
 
-    def flush():
-        if not pending:
-            return
-        keys = [p[0] for p in pending]
-        x = torch.stack([p[1] for p in pending])
-        exclude = [index.position(key) for key in keys] if self_exclude else None
-        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
-        eps_mu, eps_sigma = sample_eps(seed, keys, cfg.channels)
-        y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
-                domain=cfg.domain, backend=backend).clamp_(0.0, 1.0)
-        for (key, _, depth), img in zip(pending, y):
-            out = _out_path(dst, key)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fio.write_png(out, img.numpy(), 16 if depth > 8 and img.shape[0] == 1 else 8)
-            report.outputs.append(str(out.relative_to(dst)))
-            report.ok += 1
-        pending.clear()
+    dst.mkdir(parents=True, exist_ok=True)
+    for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
+        stale.unlink()
+    if not resume and (dst / MANIFEST).exists():
+        (dst / MANIFEST).unlink()
+    manifest = Manifest(dst / MANIFEST)
+    rels = fio.scan_images(src)
+    stages = _Stages()
+    report = {"ok": 0, "failed": 0, "skipped": 0, "errors": {}}
+    sample_in, sample_out = [], []
+    bar = _bar(len(rels), progress)
 
-    for rel in fio.scan_images(src):
+    def decode(rel: str):
+        t0 = time.perf_counter()
         try:
-            items = fio.read_images(src, rel)
-        except (fio.ImageReadError, ImportError) as e:
-            report.failed += 1
-            report.errors[rel] = str(e)
-            continue
-        for d in items:
-            px = to_channels(torch.from_numpy(d.pixels)[None], cfg.channels)
-            pending.append((d.key, resample(px, cfg.work_size)[0], d.bit_depth))
-            if len(pending) >= batch_size:
-                flush()
-    flush()
-    report.seconds = time.perf_counter() - t0
+            digest = fio.file_sha256(src / rel)
+            if resume and manifest.done(rel, digest, dst):
+                return rel, digest, None, "done", time.perf_counter() - t0
+            return rel, digest, fio.read_images(src, rel), None, time.perf_counter() - t0
+        except (fio.ImageReadError, ImportError, OSError) as e:
+            return rel, None, None, str(e), time.perf_counter() - t0
+
+    def fail(rel: str, digest, err: str):
+        report["failed"] += 1
+        report["errors"][rel] = err
+        manifest.append({"path": rel, "input_sha256": digest, "status": "error",
+                         "error": err, "seed": seed})
+
+    pending: deque = deque()      # (job, item index, tile index)
+    writes: deque = deque()       # (job, Future[output sha256])
+
+    def finish_ready(block: bool):
+        while writes and (block or writes[0][1].done()):
+            job, fut = writes.popleft()
+            try:
+                out_hash, secs = fut.result()
+                stages.encode += secs
+                manifest.append({"path": job.rel, "output": _output_rel(job.rel),
+                                 "input_sha256": job.digest, "output_sha256": out_hash,
+                                 "status": "ok", "seed": seed, "tiles": sum(len(o) for o in job.offsets)})
+                report["ok"] += 1
+            except Exception as e:  # an encoder error names the file; the run goes on
+                fail(job.rel, job.digest, f"{src / job.rel}: cannot write output ({e})")
+            bar.update(1)
+
+    def encode(job: _Job):
+        t0 = time.perf_counter()
+        outs = []
+        for d, tiles, offs in zip(job.items, job.out, job.offsets):
+            y = stitch(torch.stack(tiles), offs, tuple(d.pixels.shape[-2:]), overlap)
+            outs.append(_from_channels(y, d.pixels.shape[0]).numpy())
+        out = dst / _output_rel(job.rel)
+        if job.items[0].fmt == "NIFTI":
+            fio.write_nifti_like(src / job.rel, job.items, outs, out)
+        else:
+            fio.write_like(job.items[0], outs[0], out, src / job.rel)
+        return fio.file_sha256(out), time.perf_counter() - t0
+
+    def run_batch(n: int, writer: ThreadPoolExecutor):
+        batch = [pending.popleft() for _ in range(min(n, len(pending)))]
+        x = torch.stack([job.tiles[i][t] for job, i, t in batch])
+        keys = [job.items[i].key for job, i, _ in batch]
+        x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x
+        t0 = time.perf_counter()
+        exclude = [job.exclude for job, _, _ in batch] if calibrate_real else None
+        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
+        t1 = _sync(dev)
+        eps = [sample_eps(seed, [key], cfg.channels, t) for key, (_, _, t) in zip(keys, batch)]
+        eps_mu = torch.cat([e[0] for e in eps]).to(dev)
+        eps_sigma = torch.cat([e[1] for e in eps]).to(dev)
+        y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
+                domain=cfg.domain, backend=backend)
+        t2 = _sync(dev)
+        if net is not None:
+            with torch.inference_mode():
+                y = net(y)
+        y = y.clamp(0.0, 1.0).float().cpu()
+        t3 = _sync(dev)
+        stages.retrieval += t1 - t0
+        stages.shr += t2 - t1
+        stages.rhm += t3 - t2
+        for (job, i, t), out in zip(batch, y):
+            job.out[i][t] = out
+            job.remaining -= 1
+            if job.remaining == 0:
+                writes.append((job, writer.submit(encode, job)))
+                if len(sample_out) < GAP_SAMPLE:
+                    sample_out.append(out)
+
+    prefetch = max(2 * batch_size, 2 * workers)
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(2) as writer:
+            inflight: deque[Future] = deque()
+            it = iter(rels)
+            for rel in it:
+                inflight.append(pool.submit(decode, rel))
+                if len(inflight) >= prefetch:
+                    break
+            while inflight:
+                rel, digest, items, err, secs = inflight.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    inflight.append(pool.submit(decode, nxt))
+                stages.decode += secs
+                if err == "done":
+                    report["skipped"] += 1
+                    bar.update(1)
+                    continue
+                if err is not None:
+                    fail(rel, digest, err)
+                    bar.update(1)
+                    continue
+                try:
+                    job = _prepare(rel, digest, items, cfg, by_hash.get(digest, -1), overlap, src)
+                except (fio.ImageReadError, ValueError) as e:
+                    fail(rel, digest, str(e))
+                    bar.update(1)
+                    continue
+                for i, tiles in enumerate(job.tiles):
+                    if len(sample_in) < GAP_SAMPLE:
+                        sample_in.append(tiles[0])
+                    pending.extend((job, i, t) for t in range(tiles.shape[0]))
+                while len(pending) >= batch_size:
+                    run_batch(batch_size, writer)
+                finish_ready(block=False)
+            while pending:
+                run_batch(batch_size, writer)
+            finish_ready(block=True)
+    finally:
+        manifest.close()
+        bar.close()
+
+    seconds = time.perf_counter() - t_start
+    report.update({
+        "seconds": seconds, "images_per_s": report["ok"] / seconds if seconds else 0.0,
+        "stage_seconds": vars(stages), "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "backends": used, "rhm": net is not None, "k": k, "seed": seed,
+        "batch_size": batch_size, "index": str(index.path) if index.path else None,
+        "frequency_gap": _gaps(sample_in, sample_out, index),
+        "files": len(rels),
+    })
+    fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
+
+
+def _prepare(rel, digest, items, cfg, exclude, overlap, src) -> _Job:
+    job = _Job(rel, digest, items, exclude)
+    h0, w0 = cfg.work_size
+    for d in items:
+        h, w = d.pixels.shape[-2:]
+        if h < h0 or w < w0:
+            raise ValueError(f"{src / rel}: image is {h}x{w}, smaller than the working size "
+                             f"{h0}x{w0} of the index")
+        px = _to_channels(torch.from_numpy(d.pixels), cfg.channels, str(src / rel))
+        tiles, offsets = cut(px, (h0, w0), overlap)
+        job.tiles.append(tiles)
+        job.offsets.append(offsets)
+        job.out.append([None] * tiles.shape[0])
+        job.remaining += tiles.shape[0]
+    return job
+
+
+def _sync(dev: torch.device) -> float:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
+
+def _gaps(sample_in, sample_out, index: RealIndex) -> dict:
+    """Frequency gaps (SPEC 8) of input and output samples to the index's thumbnails,
+    all at the retrieval size (area resampling)."""
+    if not sample_in or not sample_out:
+        return {}
+    size = index.config.retrieval_size
+    step = max(1, len(index) // 1024)
+    ref = spectral_profile(index.thumbs[::step].float())
+
+    def prof(xs):
+        return spectral_profile(resample(luma(torch.stack(xs).float()), size))
+
+    gi = frequency_gap(prof(sample_in), ref, index.config.ratio)
+    go = frequency_gap(prof(sample_out), ref, index.config.ratio)
+    return {"inputs_vs_index": {"high_band": gi[0], "all_radii": gi[1]},
+            "outputs_vs_index": {"high_band": go[0], "all_radii": go[1]},
+            "sample": min(len(sample_in), len(sample_out))}
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, desc="calibrate", unit="img", smoothing=0.1)

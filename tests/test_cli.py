@@ -54,6 +54,10 @@ def test_index_shr_spectrum_end_to_end(dirs):
     frerec("shr", synth, root / "o3", "--index", root / "idx", "-k", 5, "--seed", 1)
     assert (root / "o3" / "s0.png").read_bytes() != (root / "o1" / "s0.png").read_bytes()
 
+    rep = json.loads((root / "o1" / "frerec_report.json").read_text())
+    assert rep["ok"] == 5 and rep["failed"] == 0 and rep["backends"]["shr"] in ("cpp", "torch")
+    lines = (root / "o1" / "frerec_manifest.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["path"] for x in lines) == names
     rep = frerec("spectrum", real, synth, root / "o1", "--size", "32", "--json", root / "g.json").stdout
     gaps = json.loads((root / "g.json").read_text())
     assert [g["count"] for g in gaps] == [12, 5, 5] and gaps[0]["gap_high"] == 0.0
@@ -75,7 +79,7 @@ def test_refuses_output_inside_input_and_missing_index(dirs):
     root, real, synth = dirs
     ff.build_index(real, root / "idx", progress=False)
     proc = frerec("shr", synth, synth / "out", "--index", root / "idx", check=False)
-    assert proc.returncode == 2 and "must not be inside the input" in proc.stderr
+    assert proc.returncode == 2 and "must not contain, or be inside" in proc.stderr
     proc = frerec("shr", synth, root / "x", "--index", root / "nope", check=False)
     assert proc.returncode == 2 and "missing" in proc.stderr
 
@@ -83,12 +87,13 @@ def test_refuses_output_inside_input_and_missing_index(dirs):
 def test_self_exclusion_for_real_images(dirs):
     root, real, _ = dirs
     idx = ff.build_index(real, root / "idx", progress=False)
-    from frerec_fast.pipeline import shr_dir
+    from frerec_fast.pipeline import calibrate_dir
     # With k=1 and no exclusion an image's only neighbour is itself: its own statistics
     # come back (the bank spread is 0, so eps has no effect) and SHR is the identity.
-    shr_dir(real, root / "same", idx, k=1)
-    rep = shr_dir(real, root / "cal", idx, k=1, self_exclude=True)
-    assert rep.ok == 12 and rep.failed == 0
+    calibrate_dir(real, root / "same", idx, model=False, device="cpu", k=1, progress=False)
+    rep = calibrate_dir(real, root / "cal", idx, model=False, device="cpu", k=1,
+                        calibrate_real=True, progress=False)
+    assert rep["ok"] == 12 and rep["failed"] == 0
     src = np.asarray(Image.open(real / "r03.png"), np.float64)
     same = np.asarray(Image.open(root / "same" / "r03.png"), np.float64)
     cal = np.asarray(Image.open(root / "cal" / "r03.png"), np.float64)
@@ -97,5 +102,5 @@ def test_self_exclusion_for_real_images(dirs):
 
 
 def test_help_everywhere():
-    for sub in ([], ["index"], ["shr"], ["spectrum"], ["demo"]):
+    for sub in ([], ["index"], ["shr"], ["calibrate"], ["spectrum"], ["demo"]):
         assert "usage" in frerec(*sub, "--help").stdout
