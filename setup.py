@@ -11,7 +11,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -54,15 +54,32 @@ def _extensions():
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
+def _ship_cuda_sources() -> None:
+    """Copy csrc/cuda/*.cu into frerec_fast/_cuda_src so that a wheel carries them: the
+    CuPy/NVRTC backend compiles them at run time where _C was built without CUDA."""
+    import shutil
+
+    dst = os.path.join(ROOT, "frerec_fast", "_cuda_src")
+    os.makedirs(dst, exist_ok=True)
+    for cu in glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")):
+        shutil.copy2(cu, dst)
+
+
+_ship_cuda_sources()
 ext_modules, cmdclass = _extensions()
+DATA_PACKAGES = find_namespace_packages(include=["frerec_fast.data", "frerec_fast.data.*"])
 
 setup(
     name="frerec_fast",
     version="0.1.0",
     description="Fast FreRec: frequency recalibration of AI-synthesised medical images",
-    packages=find_packages(include=["frerec_fast", "frerec_fast.*"]) + ["frerec_fast.kernels"],
+    # The bundled images and weights live in plain folders under frerec_fast/data; listing
+    # them as (namespace) packages is what makes setuptools ship their files.
+    packages=sorted(set(find_packages(include=["frerec_fast", "frerec_fast.*"]) + DATA_PACKAGES))
+    + ["frerec_fast.kernels", "frerec_fast._cuda_src"],
     package_dir={"frerec_fast.kernels": "kernels"},
-    package_data={"frerec_fast": ["data/*", "data/**/*", "csrc_cuda/*.cu"]},
+    package_data={"frerec_fast._cuda_src": ["*.cu"],
+                  **{p: ["*.png", "*.csv", "*.json", "*.safetensors", "*.md"] for p in DATA_PACKAGES}},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "Pillow", "safetensors"],

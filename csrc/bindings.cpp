@@ -76,6 +76,16 @@ std::tuple<torch::Tensor, torch::Tensor> band_stats_half_cuda(const torch::Tenso
 void shr_apply_half_cuda(torch::Tensor spec, int64_t W, double ratio, bool amplitude,
                          const torch::Tensor& mu_s, const torch::Tensor& sigma_s,
                          const torch::Tensor& mu_hat, const torch::Tensor& sigma_hat);
+// csrc/cuda/ring_pool_binding.cpp: FESA ring/sector pooling (deterministic, no atomics).
+torch::Tensor ring_pool_cuda(const torch::Tensor& re, const torch::Tensor& im,
+                             const torch::Tensor& order, const torch::Tensor& offsets,
+                             int64_t n_bins, bool amplitude, bool mean);
+torch::Tensor ring_scatter_cuda(const torch::Tensor& values, const torch::Tensor& index,
+                                const torch::Tensor& offsets, int64_t H, int64_t Wh,
+                                bool div_count);
+std::tuple<torch::Tensor, torch::Tensor> ring_pool_amplitude_bwd_cuda(
+    const torch::Tensor& grad, const torch::Tensor& re, const torch::Tensor& im,
+    const torch::Tensor& index, const torch::Tensor& offsets);
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -94,6 +104,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("shr_apply_half_cuda_", &shr_apply_half_cuda, py::arg("spec"), py::arg("W"),
         py::arg("ratio"), py::arg("amplitude"), py::arg("mu_s"), py::arg("sigma_s"),
         py::arg("mu_hat"), py::arg("sigma_hat"));
+  m.def("ring_pool_cuda", &ring_pool_cuda, "Per-bin sum/mean of [B,C,H,Wh] (or of |re + i im|)",
+        py::arg("re"), py::arg("im"), py::arg("order"), py::arg("offsets"), py::arg("n_bins"),
+        py::arg("amplitude"), py::arg("mean"));
+  m.def("ring_scatter_cuda", &ring_scatter_cuda, "[B, n_bins] -> [B, H, Wh] by the bin map",
+        py::arg("values"), py::arg("index"), py::arg("offsets"), py::arg("H"), py::arg("Wh"),
+        py::arg("div_count"));
+  m.def("ring_pool_amplitude_bwd_cuda", &ring_pool_amplitude_bwd_cuda,
+        "Gradients of the fused amplitude ring pooling w.r.t. re and im", py::arg("grad"),
+        py::arg("re"), py::arg("im"), py::arg("index"), py::arg("offsets"));
 #else
   m.attr("WITH_CUDA") = false;
 #endif

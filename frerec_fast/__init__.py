@@ -8,5 +8,18 @@ from .ssim import ssim
 
 __version__ = "0.1.0"
 
+# Heavier entry points load on first use, so `import frerec_fast` stays quick for the ops.
+_LAZY = {"calibrate_dir": ".pipeline", "train_rhm": ".training", "load_rhm": ".model",
+         "RHM": ".model", "RHMConfig": ".model"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'frerec_fast' has no attribute {name!r}")
+
+
 __all__ = ["BackendUnavailable", "RealIndex", "build_index", "IndexFileError", "band_stats", "shr", "ssim", "ssim_matrix", "ssim_topk",
-           "spectral_profile", "frequency_gap", "psnr", "__version__"]
+           "spectral_profile", "frequency_gap", "psnr", "calibrate_dir", "train_rhm", "load_rhm", "RHM", "RHMConfig",
+           "__version__"]

@@ -90,6 +90,24 @@ _TABLE: dict[str, dict[str, Impl]] = {
         "cpp": Impl("fast.ssim_cpp:ssim_topk", ("cpu",)),
         "triton": Impl("kernels.ssim_topk:ssim_topk", ("cpu", "cuda")),
     },
+    # FESA's polar pooling (SPEC 5). The Triton and CUDA versions are atomics-free and
+    # deterministic (kernels/ring_pool.py, csrc/cuda/ring_pool.cu); ring_pool_amplitude is
+    # the fused |X| + channel mean + pool that FrequencyBranch calls.
+    "ring_pool": {
+        "torch": Impl("model.ring_pool:ring_pool", ("cpu", "cuda")),
+        "cuda": Impl("fast.ring_pool_cuda:ring_pool", ("cuda",)),
+        "triton": Impl("kernels.ring_pool:ring_pool", ("cpu", "cuda")),
+    },
+    "ring_scatter": {
+        "torch": Impl("model.ring_pool:ring_scatter", ("cpu", "cuda")),
+        "cuda": Impl("fast.ring_pool_cuda:ring_scatter", ("cuda",)),
+        "triton": Impl("kernels.ring_pool:ring_scatter", ("cpu", "cuda")),
+    },
+    "ring_pool_amplitude": {
+        "torch": Impl("model.fesa:ring_pool_amplitude", ("cpu", "cuda")),
+        "cuda": Impl("fast.ring_pool_cuda:ring_pool_amplitude", ("cuda",)),
+        "triton": Impl("kernels.ring_pool:ring_pool_amplitude", ("cpu", "cuda")),
+    },
 }
 
 # What "auto" tries, in order, per device type. Triton on CPU (the interpreter) is

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         s.set_defaults(fn=cmd_calibrate, shr_only=shr_only)
 
+    from .training.cli import register as register_train
+    register_train(sub)
+
     s = sub.add_parser("spectrum", help="spectral profiles of directories and their gaps",
                        description="Mean log10 radial power profile of each directory's luma "
                        "(resampled to --size), and its frequency gap to the first directory.")
@@ -178,7 +181,7 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.fn(args) or 0)
-    except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
         print(f"frerec {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .eval import plot_profiles, profile_dir
+from .eval import plot_profiles, profile_dir, quality_dirs
 from .index import build_index
 from .pipeline import calibrate_dir
 from .spectral import frequency_gap
@@ -66,13 +66,19 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
         hi, al = frequency_gap(p.profile, ref.profile, ratio=index.config.ratio)
         rows[p.name] = {"count": p.count, "gap_high": hi, "gap_all": al}
         print(f"      {p.name:<24}{hi:>11.4f}{al:>11.4f}")
+    quality = {}
+    for name in runs:
+        q = quality_dirs(synth, out / name)
+        quality[name] = q
+        print(f"      {name}: outputs vs inputs PSNR {q['psnr']:.2f} dB, SSIM {q['ssim']:.4f} "
+              f"({q['n']} images)")
     try:
         plot = plot_profiles([ref, *sets], out / "spectrum.png", ratio=index.config.ratio,
                              title="frerec demo: spectral profiles (64x64 CT/MRI)")
         print(f"plot: {plot}")
     except ImportError as e:
         print(f"(no plot: {e})")
-    report = {"gaps_vs_heldout": rows, "k": k, "seed": seed,
+    report = {"gaps_vs_heldout": rows, "quality_vs_inputs": quality, "k": k, "seed": seed,
               "runs": {name: {key: r[key] for key in ("ok", "failed", "errors", "seconds",
                                                       "images_per_s", "backends", "device")}
                        for name, r in runs.items()}}

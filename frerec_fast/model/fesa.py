@@ -9,15 +9,78 @@ un-normalised input x. So one FET-block computes
     x = x + ReLU(BN(Conv1x1(concat(MDTA(LN(x)), Freq(LN(x))))))
     x = x + GDFN(LN(x))
 and with fesa=False (plain Restormer) `x = x + MDTA(LN(x))`, exactly Restormer's block.
+
+Backends of the polar pooling. FrequencyBranch calls two ops through frerec_fast.backends:
+"ring_pool_amplitude" (|X|, channel mean and ring/sector mean in one pass; its torch
+reference, `ring_pool_amplitude` below, is the plain composition) and "ring_scatter".
+`backend="auto"` (the default) takes the dispatch table's order for the tensor's device:
+on CPU that is the torch reference, on CUDA the CUDA kernels, else Triton, else torch.
+The fast kernels are atomics-free, so training with them is deterministic. The torch
+reference is always used while tracing, scripting, exporting (ONNX, torch.export) or
+compiling, and for tensor subclasses (fake tensors): the kernels are opaque to those.
+`set_ring_backend(model, name)` switches every FrequencyBranch of a model.
 """
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import backends
 from . import dft as _dft
 from .ring_pool import ring_pool, ring_scatter, ring_sector_index
+
+
+def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
+                        n_bins: int) -> torch.Tensor:
+    """Channel-mean amplitude pooled per ring/sector bin: the torch reference of the fused op.
+
+    re, im: [B, C, H, Wh] real; index_map: [H, Wh] int64. Returns: [B, n_bins].
+    """
+    return ring_pool(_dft.amplitude(re, im).mean(dim=1), index_map, n_bins)
+
+
+_TORCH_OPS = (ring_pool_amplitude, ring_scatter)
+
+
+def _graph_capture(x: torch.Tensor) -> bool:
+    """True while x flows through a tracer, exporter or compiler, or is a tensor subclass."""
+    if type(x) is not torch.Tensor:           # fake / functional / proxy tensors
+        return True
+    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for probe in ("is_compiling", "is_exporting", "is_dynamo_compiling"):
+        fn = getattr(compiler, probe, None)
+        if fn is not None and fn():
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=32)
+def _ring_ops(backend: str, device_type: str) -> tuple[Callable, Callable]:
+    """(pool_amplitude, scatter) of `backend` ("auto" resolved) on `device_type`.
+
+    Raises backends.BackendUnavailable (with the reason) for an explicit backend that
+    cannot run here; not cached then, so a later call asks again.
+    """
+    return (backends.resolve("ring_pool_amplitude", backend, device_type),
+            backends.resolve("ring_scatter", backend, device_type))
+
+
+def set_ring_backend(module: nn.Module, backend: str) -> nn.Module:
+    """Use `backend` ("auto", "torch", "triton", "cuda") for the polar pooling of every
+    FrequencyBranch in `module`. Returns `module`."""
+    if backend != "auto" and backend not in backends.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; "
+                         f"choose one of {('auto',) + backends.BACKENDS}")
+    for m in module.modules():
+        if isinstance(m, FrequencyBranch):
+            m.backend = backend
+    return module
 
 
 class MDTA(nn.Module):
@@ -54,9 +117,10 @@ class FrequencyBranch(nn.Module):
     """
 
     def __init__(self, dim: int, n_rings: int = 16, n_sectors: int = 32, bias: bool = False,
-                 dft: str = "fft"):
+                 dft: str = "fft", backend: str = "auto"):
         super().__init__()
         self.n_rings, self.n_sectors, self.dft = n_rings, n_sectors, dft
+        self.backend = backend        # polar pooling backend (module docstring); not a parameter
         # The polar map is one channel (the channel-averaged amplitude); bias kept here
         # regardless of config.bias, since a 1->1 conv without it cannot shift the gate.
         self.gate = nn.Conv2d(1, 1, 3, padding=1, bias=True)
@@ -66,12 +130,16 @@ class FrequencyBranch(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         re, im = _dft.rfft2(x, self.dft)                                   # [B, C, H, Wh]
-        amp = _dft.amplitude(re, im).mean(dim=1)                           # [B, H, Wh]
         idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device)
         n_bins = self.n_rings * self.n_sectors
-        polar = ring_pool(amp, idx, n_bins).reshape(-1, 1, self.n_sectors, self.n_rings)
+        if self.backend == "torch" or _graph_capture(x):
+            pool_amplitude, scatter = _TORCH_OPS
+        else:
+            pool_amplitude, scatter = _ring_ops(self.backend, x.device.type)
+        # |X| averaged over channels, mean-pooled per bin: [B, n_bins] -> [B, 1, S, R].
+        polar = pool_amplitude(re, im, idx, n_bins).reshape(-1, 1, self.n_sectors, self.n_rings)
         mod = torch.sigmoid(self.gate(polar)) * self.value(polar)          # [B, 1, S, R]
-        mask = ring_scatter(mod.reshape(-1, n_bins), idx).unsqueeze(1)     # [B, 1, H, Wh]
+        mask = scatter(mod.reshape(-1, n_bins), idx).unsqueeze(1)          # [B, 1, H, Wh]
         return self.project_out(_dft.irfft2(re * mask, im * mask, (h, w), self.dft))
 
 
@@ -83,10 +151,10 @@ class FESA(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, bias: bool = False, n_rings: int = 16,
-                 n_sectors: int = 32, dft: str = "fft"):
+                 n_sectors: int = 32, dft: str = "fft", backend: str = "auto"):
         super().__init__()
         self.spatial = MDTA(dim, heads, bias)
-        self.frequency = FrequencyBranch(dim, n_rings, n_sectors, bias, dft)
+        self.frequency = FrequencyBranch(dim, n_rings, n_sectors, bias, dft, backend)
         self.fuse = nn.Sequential(nn.Conv2d(2 * dim, dim, 1, bias=bias), nn.BatchNorm2d(dim),
                                   nn.ReLU(inplace=False))
 

@@ -97,6 +97,9 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = MULTIPLE) -> tuple[torch.Te
     return F.pad(x, (0, pw, 0, ph), mode=mode), h, w
 
 
+OUTPUT_INIT_SCALE = 0.01
+
+
 class RHM(nn.Module):
     """The RHM denoising auto-encoder (FET-Restormer), `fesa=False` for plain Restormer.
 
@@ -131,6 +134,12 @@ class RHM(nn.Module):
         self.decoder1 = _stage(nb[0], d * 2, hd[0], cfg)
         self.refinement = _stage(cfg.refinement, d * 2, hd[0], cfg)
         self.output = nn.Conv2d(d * 2, cfg.in_channels, 3, padding=1, bias=cfg.bias)
+        # Start near the identity (the global residual carries the input): SHR moves real
+        # images only slightly, so a default-scaled output layer would begin far below the
+        # input's own PSNR and spend most of a short CPU training climbing back. Not zero,
+        # so that every parameter still gets a gradient on the first step.
+        with torch.no_grad():
+            self.output.weight.mul_(OUTPUT_INIT_SCALE)
 
     def set_dft(self, mode: str) -> "RHM":
         """Switch every FESA frequency branch to 'fft' or 'matmul' (no weights change)."""

@@ -1,0 +1,182 @@
+"""Ring/sector pooling of FESA (SPEC 5) with the CUDA kernels of ``csrc/cuda/ring_pool.cu``.
+
+Same three ops and signatures as ``frerec_fast/kernels/ring_pool.py`` (the Triton
+version, whose docstring describes the maths): ``ring_pool``, ``ring_scatter`` and the
+fused ``ring_pool_amplitude``, each an ``autograd.Function``. The kernels run from
+``frerec_fast._C`` when it was built with CUDA, else from the same source compiled by
+CuPy/NVRTC, on the current torch stream either way.
+
+Deterministic: the host's CSR plan (``fast/ring_plan.py``) gives each bin to one warp,
+which sums its (channel, position) items in a fixed order and reduces with a fixed
+shuffle tree; scatter and backward are gathers. No atomics, so results (forward and
+gradients) are bit-identical from run to run.
+
+Dtypes: float32 and float64 run natively (float64 for gradcheck); float16/bfloat16 are
+computed in float32 and cast back.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _ext
+from .ring_plan import RingPlan, check_pool, check_pool_amplitude, check_scatter, ring_plan
+
+_WARPS = 4        # FREREC_RING_WARPS in ring_pool.cu: bins per block of the pool kernel
+_EW_BLOCK = 256   # FREREC_RING_EW_BLOCK: threads per block of the elementwise kernels
+
+
+def _check_cuda(t: torch.Tensor, name: str) -> None:
+    if t.device.type != "cuda":
+        raise ValueError(f"{name}: the CUDA backend needs CUDA tensors, got {t.device} "
+                         f"(use backend='torch' on CPU)")
+
+
+def _native(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def _cupy_call(name: str, dtype: torch.dtype, device: torch.device, grid: int, block: int,
+               args: tuple) -> None:
+    import cupy as cp
+    from .cuda_source import module
+
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    with cp.cuda.Device(device.index or 0), \
+            cp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream):
+        module("ring_pool.cu").get_function(f"{name}_{suffix}")((grid,), (block,), args)
+
+
+def _ptr(t: torch.Tensor):
+    """A CuPy-callable pointer argument for a (possibly strided) torch tensor."""
+    import cupy as cp
+    return cp.uint64(t.data_ptr())
+
+
+def _strides(t: torch.Tensor):
+    import cupy as cp
+    return tuple(cp.int64(s) for s in t.stride())
+
+
+def _pool(re: torch.Tensor, im: torch.Tensor, plan: RingPlan, amplitude: bool,
+          mean: bool) -> torch.Tensor:
+    """re, im: [B, C, H, Wh] float32/float64 CUDA (any strides). Returns: [B, n_bins]."""
+    if _ext.has_cuda_ext():
+        return _ext.ext().ring_pool_cuda(re, im, plan.order, plan.offsets, plan.n_bins,
+                                         amplitude, mean)
+    import cupy as cp
+
+    b, c = re.shape[0], re.shape[1]
+    out = torch.empty(b, plan.n_bins, dtype=re.dtype, device=re.device)
+    if b == 0 or plan.n_bins == 0:
+        return out
+    if c == 0 or plan.h * plan.wh == 0:
+        return out.zero_()
+    blocks = b * -(-plan.n_bins // _WARPS)
+    _cupy_call("frerec_ring_pool", re.dtype, re.device, blocks, 32 * _WARPS,
+               (_ptr(re), _ptr(im), _ptr(plan.order), _ptr(plan.offsets), _ptr(out),
+                cp.int32(plan.n_bins), cp.int32(c), cp.int32(plan.wh),
+                *_strides(re), *_strides(im), cp.int32(amplitude), cp.int32(mean)))
+    return out
+
+
+def _scatter(values: torch.Tensor, plan: RingPlan, div_count: bool) -> torch.Tensor:
+    """values: [B, n_bins] float32/float64 CUDA. Returns: [B, H, Wh]."""
+    values = values.contiguous()
+    if _ext.has_cuda_ext():
+        return _ext.ext().ring_scatter_cuda(values, plan.index, plan.offsets, plan.h, plan.wh,
+                                            div_count)
+    import cupy as cp
+
+    b, hw = values.shape[0], plan.h * plan.wh
+    out = torch.empty(b, plan.h, plan.wh, dtype=values.dtype, device=values.device)
+    total = b * hw
+    if total:
+        _cupy_call("frerec_ring_scatter", values.dtype, values.device,
+                   -(-total // _EW_BLOCK), _EW_BLOCK,
+                   (_ptr(values), _ptr(plan.index), _ptr(plan.offsets), _ptr(out),
+                    cp.int64(total), cp.int32(hw), cp.int32(values.shape[1]),
+                    cp.int32(div_count)))
+    return out
+
+
+def _amplitude_bwd(grad: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan: RingPlan):
+    """grad: [B, n_bins]; re, im: [B, C, H, Wh] (same dtype). Returns g_re, g_im contiguous."""
+    grad = grad.contiguous()
+    if _ext.has_cuda_ext():
+        return _ext.ext().ring_pool_amplitude_bwd_cuda(grad, re, im, plan.index, plan.offsets)
+    import cupy as cp
+
+    b, c, hw = re.shape[0], re.shape[1], plan.h * plan.wh
+    g_re = torch.empty(re.shape, dtype=re.dtype, device=re.device)
+    g_im = torch.empty_like(g_re)
+    total = b * c * hw
+    if total:
+        _cupy_call("frerec_ring_amp_bwd", re.dtype, re.device, -(-total // _EW_BLOCK), _EW_BLOCK,
+                   (_ptr(grad), _ptr(re), _ptr(im), _ptr(plan.index), _ptr(plan.offsets),
+                    _ptr(g_re), _ptr(g_im), cp.int64(total), cp.int32(c), cp.int32(hw),
+                    cp.int32(plan.wh), cp.int32(grad.shape[1]), *_strides(re), *_strides(im)))
+    return g_re, g_im
+
+
+class _RingPool(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, amplitude, plan):
+        ctx.plan, ctx.in_dtype = plan, amplitude.dtype
+        a4 = _native(amplitude).unsqueeze(1)                        # [B, 1, H, Wh], a view
+        return _pool(a4, a4, plan, amplitude=False, mean=True).to(amplitude.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _scatter(_native(grad), ctx.plan, div_count=True).to(ctx.in_dtype), None
+
+
+class _RingScatter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, plan):
+        ctx.plan, ctx.in_dtype = plan, values.dtype
+        return _scatter(_native(values), plan, div_count=False).to(values.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        g4 = _native(grad).unsqueeze(1)                              # [B, 1, H, Wh]
+        return _pool(g4, g4, ctx.plan, amplitude=False, mean=False).to(ctx.in_dtype), None
+
+
+class _RingPoolAmplitude(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, re, im, plan):
+        ctx.plan = plan
+        ctx.save_for_backward(re, im)
+        return _pool(_native(re), _native(im), plan, amplitude=True, mean=True).to(re.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        re, im = ctx.saved_tensors
+        nre, nim = _native(re), _native(im)
+        g_re, g_im = _amplitude_bwd(grad.to(nre.dtype), nre, nim, ctx.plan)
+        return g_re.to(re.dtype), g_im.to(im.dtype), None
+
+
+def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> torch.Tensor:
+    """See ``frerec_fast.model.ring_pool``. amplitude: [B, H, Wh] CUDA -> [B, n_bins]."""
+    check_pool(amplitude, index_map)
+    _check_cuda(amplitude, "ring_pool")
+    return _RingPool.apply(amplitude, ring_plan(index_map, n_bins))
+
+
+def ring_scatter(values: torch.Tensor, index_map: torch.Tensor) -> torch.Tensor:
+    """See ``frerec_fast.model.ring_scatter``. values: [B, n_bins] CUDA -> [B, H, Wh]."""
+    check_scatter(values, index_map)
+    _check_cuda(values, "ring_scatter")
+    return _RingScatter.apply(values, ring_plan(index_map, values.shape[1]))
+
+
+def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
+                        n_bins: int) -> torch.Tensor:
+    """See ``frerec_fast.kernels.ring_pool.ring_pool_amplitude``. re, im: [B, C, H, Wh] CUDA."""
+    check_pool_amplitude(re, im, index_map)
+    _check_cuda(re, "ring_pool_amplitude")
+    return _RingPoolAmplitude.apply(re, im, ring_plan(index_map, n_bins))

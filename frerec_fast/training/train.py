@@ -1,0 +1,387 @@
+"""RHM training on real images only (SPEC 5): input SHR(x), target x.
+
+Determinism (the property resume relies on): with the same arguments, device, backend
+and thread count, the run is a pure function of ``seed``:
+  * model initialisation: torch's global generator, seeded with ``seed`` inside a
+    ``fork_rng`` block (the caller's RNG state is left untouched);
+  * epoch order, crops and flips: fresh generators seeded by (seed, epoch) and
+    (seed, step) (data.py);
+  * SHR noise: ``sample_eps(seed, keys, C, step)``, per image and step;
+  * learning rate: a function of the step (state.lr_at), no scheduler object;
+  * nothing in RHM's forward is random (no dropout).
+So the state at an epoch boundary is exactly (weights + BatchNorm buffers, optimizer
+moments and step counts, GradScaler scale): that is what each epoch saves, in safetensors
+and JSON, and a resumed run continues bit-identically on CPU.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import replace as dc_replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load as st_load
+
+from ..index import RealIndex, build_index
+from ..model import RHM, RHMConfig, rhm_loss, save_checkpoint
+from ..model.checkpoint import checkpoint_paths
+from ..ops import shr
+from ..seeding import sample_eps
+from ..spectral import luma, psnr
+from ..ssim import ssim
+from . import state as st
+from .data import ImageSet, augment, data_hash, epoch_order, load_images
+
+log = logging.getLogger("frerec_fast")
+
+FINAL_NAME = "rhm"
+VAL_EXTRA = -1  # sample_eps extra of the fixed validation noise (training steps are >= 0)
+# Arguments that change the numbers of a run; resume refuses to mix runs that differ in them.
+_MATH_KEYS = ("seed", "batch_size", "crop", "lr", "weight_decay", "warmup_steps", "k",
+              "grad_clip", "amp", "lambda_f", "backend", "min_lr_ratio")
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _resolve_amp(amp, device: torch.device) -> str | None:
+    """None -> bf16 (fp16 where bf16 is unsupported) on CUDA, off elsewhere; 'off'/False -> off."""
+    if amp in (False, "off", "none", "fp32"):
+        return None
+    if device.type != "cuda":
+        if amp is None:
+            return None
+        raise ValueError(f"amp={amp!r} needs a CUDA device (got {device}); use amp=None or 'off' on CPU")
+    if amp is None:
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'off', 'bf16' or 'fp16', got {amp!r}")
+    return amp
+
+
+def _resolve_device(device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device={str(device)!r} but torch sees no CUDA GPU; use device='cpu'")
+    return dev
+
+
+def _open_index(src, out: Path, real_dir, progress: bool) -> tuple[RealIndex, Path]:
+    """(index, directory holding its images). A directory with index.json is an index
+    (its images come from ``real_dir``); any other directory is a real-image directory,
+    indexed into ``out/index`` (rebuilt every time: it is cheap next to training, and a
+    changed directory then shows up as a changed data hash on resume)."""
+    if isinstance(src, RealIndex):
+        index = src
+    elif (Path(src) / "index.json").is_file() or Path(src).name == "index.json":
+        index = RealIndex.load(src, mmap=False)
+    else:
+        return build_index(src, out / "index", progress=progress), Path(src)
+    if real_dir is None:
+        raise ValueError("training from a prebuilt index needs real_dir= (the directory the "
+                         "index was built from), since an index stores statistics, not images")
+    return index, Path(real_dir)
+
+
+def _self_positions(index: RealIndex, images: ImageSet) -> torch.Tensor:
+    """Index position of each image when it is the same file as an index entry, else -1.
+
+    Same key and same file hash: so a validation directory that overlaps the training
+    index still never retrieves an image as its own neighbour (SPEC 4). Returns: [N] int64.
+    """
+    pos = []
+    for key, digest in zip(images.keys, images.hashes):
+        p = index.position(key)
+        pos.append(p if p >= 0 and index.hashes[p] == digest else -1)
+    return torch.tensor(pos, dtype=torch.long)
+
+
+class _Validation:
+    """Held-out real images, their SHR inputs (fixed noise, computed once) and metrics.
+
+    clean, noisy: [N, C, H, W] on the training device.
+    """
+
+    def __init__(self, index: RealIndex, val_dir, seed: int, k: int, backend: str,
+                 device: torch.device, batch_size: int):
+        cfg = index.config
+        data = load_images(val_dir, cfg.work_size, cfg.channels)
+        exclude = _self_positions(index, data)
+        self.batch_size = batch_size
+        self.n = len(data.keys)
+        noisy = []
+        for i in range(0, self.n, batch_size):
+            x = data.images[i:i + batch_size].to(device)
+            nb = index.neighbours(x, k, exclude=exclude[i:i + batch_size], backend=backend)
+            e_mu, e_sigma = sample_eps(seed, data.keys[i:i + batch_size], cfg.channels,
+                                       VAL_EXTRA, device=device)
+            noisy.append(shr(x, nb.mu_bank, nb.sigma_bank, e_mu, e_sigma, ratio=cfg.ratio,
+                             domain=cfg.domain, backend=backend))
+        self.clean = data.images.to(device)
+        self.noisy = torch.cat(noisy)
+        self.baseline = self._metrics(self.noisy.clamp(0, 1))
+
+    def _metrics(self, out: torch.Tensor) -> dict[str, float]:
+        # Outputs are clipped as calibrate() clips them (SPEC 6); SSIM on luma (SPEC 4).
+        p = psnr(out, self.clean)
+        s = ssim(luma(out.float()), luma(self.clean))
+        return {"psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else math.inf,
+                "ssim": float(s.mean())}
+
+    @torch.no_grad()
+    def run(self, model: RHM, autocast) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        outs = []
+        for i in range(0, self.n, self.batch_size):
+            with autocast():
+                outs.append(model(self.noisy[i:i + self.batch_size]).float().clamp(0, 1))
+        model.train(was_training)
+        m = self._metrics(torch.cat(outs))
+        return {"n": self.n, "psnr_model": m["psnr"], "ssim_model": m["ssim"],
+                "psnr_shr": self.baseline["psnr"], "ssim_shr": self.baseline["ssim"]}
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _resume_point(out: Path, train_cfg: dict, model_cfg: RHMConfig, dhash: str):
+    """The latest verifiable epoch in ``out`` as (stem, meta, optimizer state), or None."""
+    for epoch in reversed(st.completed_epochs(out)):
+        stem = st.epoch_stem(out, epoch)
+        try:
+            meta, opt_sd = st.load_state(stem)
+        except st.ResumeError as e:
+            log.warning("resume: skipping epoch %d: %s", epoch, e)
+            continue
+        diffs = [f"{k}: saved {meta['train_config'].get(k)!r}, now {train_cfg.get(k)!r}"
+                 for k in _MATH_KEYS if meta["train_config"].get(k) != train_cfg.get(k)]
+        if meta["model_config"] != model_cfg.to_dict():
+            diffs.append(f"model config: saved {meta['model_config']}, now {model_cfg.to_dict()}")
+        if meta["data_hash"] != dhash:
+            diffs.append("training data (index content hash) differs")
+        if diffs:
+            raise st.ResumeError(f"{out}: cannot resume epoch {epoch} with different settings "
+                                 f"(use a new output directory or the saved ones): " + "; ".join(diffs))
+        if meta["train_config"].get("epochs") != train_cfg["epochs"]:
+            log.warning("resume: epochs %s -> %s changes the cosine schedule; the result will "
+                        "differ from an uninterrupted run", meta["train_config"].get("epochs"),
+                        train_cfg["epochs"])
+        return stem, meta, opt_sd
+    return None
+
+
+def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
+              config: RHMConfig | None = None, epochs: int = 10, batch_size: int = 8,
+              crop=None, lr: float = 1e-3, weight_decay: float = 1e-4, warmup_steps: int = 50,
+              min_lr_ratio: float = 0.01, k: int = 200, lambda_f: float = 1.0, seed: int = 0,
+              amp=None, grad_clip: float | None = 1.0, device="cpu", backend: str = "auto",
+              resume: bool = False, progress: bool = True, num_threads: int | None = None,
+              keep_checkpoints: int = 2) -> Path:
+    """Train an RHM denoiser on real images: input SHR(x) with self-excluded neighbours and
+    fresh noise per step, target x (SPEC 5). Returns the final checkpoint's weights path
+    (``out/rhm.safetensors``; ``load_rhm`` reads it).
+
+    real_index_or_dir: a directory of real images (indexed into ``out/index``), or a
+        RealIndex / index directory together with ``real_dir`` holding its images.
+    val_dir: held-out real images; each epoch reports PSNR/SSIM vs clean of the model's
+        (clipped) output on their SHR versions, and of the SHR input itself as a baseline.
+    config: RHM sizes (default RHMConfig(); in_channels is taken from the index).
+    batch_size: images per step (each epoch takes floor(N / batch_size) full batches).
+    crop: training crop (int or (h, w)), at most the index's working size (the default).
+    lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warm-up then cosine
+        decay to min_lr_ratio * lr at the last step.
+    k: neighbours per image (clamped to the index size minus self). lambda_f: SPEC Eq. 7.
+    amp: None (bf16 on CUDA, fp16 where bf16 is unsupported; off on CPU), 'bf16', 'fp16', 'off'.
+    grad_clip: max gradient norm (None: no clipping).
+    resume: continue from the latest complete epoch in ``out`` (start fresh if none);
+        bit-identical to an uninterrupted run on CPU with the same thread count.
+        Without resume, an ``out`` that already holds epochs is refused.
+    num_threads: torch CPU threads during training (restored afterwards).
+    keep_checkpoints: completed epochs kept in ``out/checkpoints`` (older ones deleted).
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    dev = _resolve_device(device)
+    amp_mode = _resolve_amp(amp, dev)
+    if epochs < 1 or batch_size < 1 or k < 1 or keep_checkpoints < 1:
+        raise ValueError("epochs, batch_size, k and keep_checkpoints must be >= 1")
+    out.mkdir(parents=True, exist_ok=True)
+    if st.completed_epochs(out) and not resume:
+        raise FileExistsError(f"{out} already holds training checkpoints; pass resume=True "
+                              f"(CLI: --resume) to continue, or choose another output directory")
+    old_threads = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(int(num_threads))
+    try:
+        return _train(real_index_or_dir, out, val_dir, real_dir, config, epochs, batch_size,
+                      crop, lr, weight_decay, warmup_steps, min_lr_ratio, k, lambda_f, seed,
+                      amp_mode, grad_clip, dev, backend, resume, progress, keep_checkpoints,
+                      t_start)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, weight_decay,
+           warmup_steps, min_lr_ratio, k, lambda_f, seed, amp_mode, grad_clip, dev, backend,
+           resume, progress, keep_checkpoints, t_start) -> Path:
+    index, image_root = _open_index(src, out, real_dir, progress)
+    icfg = index.config
+    if len(index) < 2:
+        raise ValueError(f"the index holds {len(index)} image(s); training needs at least 2 "
+                         f"(each image's neighbours exclude itself)")
+    crop = _pair(crop) if crop is not None else tuple(icfg.work_size)
+    if crop[0] > icfg.work_size[0] or crop[1] > icfg.work_size[1] or min(crop) < 1:
+        raise ValueError(f"crop {crop} must fit in the working size {tuple(icfg.work_size)}")
+    config = (config or RHMConfig()).replace(in_channels=icfg.channels)
+    train = load_images(image_root, icfg.work_size, icfg.channels, keys=index.keys)
+    if train.hashes != list(index.hashes):
+        bad = next(key for key, a, b in zip(train.keys, train.hashes, index.hashes) if a != b)
+        raise ValueError(f"{image_root}: {bad} differs from the file the index was built from; "
+                         f"rebuild the index or pass the right real_dir")
+    positions = torch.arange(len(index))  # train.keys == index.keys, so self = own row
+    # The index's thumbnails live on the training device (retrieval runs there every step);
+    # mu/sigma stay on the CPU, where RealIndex.neighbours gathers them.
+    if dev.type != "cpu":
+        index = dc_replace(index, thumbs=index.thumbs.to(dev))
+    n = len(index)
+    bs = min(batch_size, n)
+    spe = n // bs
+    total_steps = epochs * spe
+    dhash = data_hash(index)
+    train_cfg = {"seed": seed, "epochs": epochs, "batch_size": bs, "crop": list(crop), "lr": lr,
+                 "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+                 "min_lr_ratio": min_lr_ratio, "k": k, "lambda_f": lambda_f,
+                 "grad_clip": grad_clip, "amp": amp_mode, "backend": backend,
+                 "steps_per_epoch": spe, "total_steps": total_steps, "device": str(dev),
+                 "num_threads": torch.get_num_threads()}
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = RHM(config)
+    model.to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_mode == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_mode)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    start_epoch, history, seconds_before = 0, [], 0.0
+    point = _resume_point(out, train_cfg, config, dhash) if resume else None
+    if point is not None:
+        stem, meta, opt_sd = point
+        weights, _ = checkpoint_paths(stem)
+        model.load_state_dict(st_load(weights.read_bytes()), strict=True)
+        opt.load_state_dict(opt_sd)
+        if meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
+        start_epoch, history = int(meta["epoch"]), list(meta["history"])
+        seconds_before = float(meta.get("train_seconds", 0.0))
+        log.info("resuming %s after epoch %d (step %d)", out, start_epoch, start_epoch * spe)
+    elif resume:
+        log.info("resume: no complete epoch in %s; starting fresh", out)
+
+    val = (_Validation(index, val_dir, seed, k, backend, dev, max(bs, 16))
+           if val_dir is not None else None)
+    bar = _bar(total_steps, start_epoch * spe, progress)
+    n_params = sum(p.numel() for p in model.parameters())
+    t_run = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, epochs):
+            order = epoch_order(seed, epoch, n)
+            t_epoch, loss_sum = time.perf_counter(), 0.0
+            for s in range(spe):
+                step = epoch * spe + s
+                rows = order[s * bs:(s + 1) * bs]
+                keys = [train.keys[i] for i in rows.tolist()]
+                x = augment(train.images[rows], crop, seed, step).to(dev)
+                # Neighbours of the augmented crop itself, never the image's own entry.
+                nb = index.neighbours(x, k, exclude=positions[rows], backend=backend)
+                e_mu, e_sigma = sample_eps(seed, keys, icfg.channels, step, device=dev)
+                with torch.no_grad():
+                    x_hat = shr(x, nb.mu_bank, nb.sigma_bank, e_mu, e_sigma, ratio=icfg.ratio,
+                                domain=icfg.domain, backend=backend)
+                lr_now = st.lr_at(step, lr, warmup_steps, total_steps, min_lr_ratio)
+                for g in opt.param_groups:
+                    g["lr"] = lr_now
+                with autocast():
+                    pred = model(x_hat)
+                loss = rhm_loss(pred.float(), x, lambda_f)  # the loss in fp32 whatever the AMP
+                if not torch.isfinite(loss) and not scaler.is_enabled():
+                    raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch + 1}, "
+                                             f"step {step}; lower lr or raise warmup_steps")
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if grad_clip:
+                    scaler.unscale_(opt)  # clip the true gradients, not the fp16-scaled ones
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                loss_sum += loss.detach().item()
+                if bar is not None:
+                    rate = (s + 1) * bs / max(time.perf_counter() - t_epoch, 1e-9)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (s + 1):.5f}",
+                                    img_s=f"{rate:.1f}", refresh=False)
+                    bar.update(1)
+            epoch_s = time.perf_counter() - t_epoch
+            record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": loss_sum / spe,
+                      "lr": lr_now, "images_per_s": spe * bs / epoch_s, "seconds": epoch_s}
+            if val is not None:
+                record["val"] = val.run(model, autocast)
+                msg = (f"epoch {epoch + 1}/{epochs} loss {record['loss']:.5f} | held-out PSNR "
+                       f"{record['val']['psnr_model']:.2f} dB (SHR input "
+                       f"{record['val']['psnr_shr']:.2f}), SSIM {record['val']['ssim_model']:.4f} "
+                       f"(SHR input {record['val']['ssim_shr']:.4f})")
+                if bar is not None:
+                    bar.write(msg)
+                else:
+                    log.info(msg)
+            history.append(record)
+            meta = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "train_config": train_cfg,
+                    "model_config": config.to_dict(), "data_hash": dhash,
+                    "train_seconds": seconds_before + time.perf_counter() - t_run,
+                    "history": history}
+            stem = st.epoch_stem(out, epoch + 1)
+            save_checkpoint(stem, model, config, extra=_extra(meta, index, image_root, val_dir,
+                                                              n_params))
+            st.save_state(stem, opt, meta, scaler)
+            for old in st.completed_epochs(out)[:-keep_checkpoints]:
+                st.remove_epoch(out, old)
+    finally:
+        if bar is not None:
+            bar.close()
+    final_meta = {"epoch": epochs, "step": total_steps, "train_config": train_cfg,
+                  "model_config": config.to_dict(), "data_hash": dhash,
+                  "train_seconds": seconds_before + time.perf_counter() - t_run,
+                  "history": history}
+    if point is not None and start_epoch >= epochs:  # nothing left to train: keep saved timing
+        final_meta.update({k_: point[1][k_] for k_ in ("train_seconds", "history")})
+    extra = _extra(final_meta, index, image_root, val_dir, n_params)
+    extra["wall_seconds_this_call"] = time.perf_counter() - t_start
+    save_checkpoint(out / FINAL_NAME, model, config, extra=extra)
+    return checkpoint_paths(out / FINAL_NAME)[0]
+
+
+def _extra(meta: dict, index: RealIndex, image_root: Path, val_dir, n_params: int) -> dict:
+    """The checkpoint JSON's ``extra``: what was trained on what, and how well it did."""
+    last = meta["history"][-1] if meta["history"] else {}
+    return {"epoch": meta["epoch"], "step": meta["step"], "training": meta["train_config"],
+            "data": {"real_dir": str(image_root), "n_images": len(index),
+                     "index_config": index.config.to_dict(), "data_hash": meta["data_hash"],
+                     "val_dir": None if val_dir is None else str(val_dir)},
+            "metrics": {"train_loss": last.get("loss"), "val": last.get("val")},
+            "parameters": n_params, "train_seconds": meta["train_seconds"],
+            "torch": torch.__version__, "history": meta["history"]}
