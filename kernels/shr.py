@@ -117,7 +117,10 @@ def _band_stats_kernel(spec_ptr, mu_ptr, sigma_ptr, H, W, WH, LIM_U, LIM_V, COUN
     n = H * WH
     base = spec_ptr + plane * n * 2
     lane = tl.arange(0, BLOCK)
-    count = COUNT.to(tl.float64)
+    # No COUNT.to(): compiled Triton turns an int argument equal to 1 into a constexpr,
+    # which has no .to() (the interpreter cannot show it). Dividing the float64 sums by
+    # the integer promotes it to float64 exactly (COUNT < 2**53).
+    count = COUNT
 
     # Pass 1: weighted band mean of Re(F) (complex) or |F| (amplitude).
     acc = tl.zeros([BLOCK], dtype=tl.float64)

@@ -138,4 +138,4 @@ def test_topk_errors(backend):
     with pytest.raises(ValueError, match="one size"):
         ff.ssim_matrix(torch.rand(1, 1, 16, 16), torch.rand(3, 1, 17, 16))
     with pytest.raises(ValueError, match="mode"):
-        ff.ssim_topk(db, db, k=1, mode="prefilter")
+        ff.ssim_topk(db, db, k=1, mode="approximate")

@@ -1,0 +1,251 @@
+"""Approximate SSIM top-K: a GEMM-shaped candidate stage, then exact SSIM re-rank (SPEC 4).
+
+Exact top-K scores every (query, database image) pair with SSIM, which costs a full
+11x11 windowed filter of the pair's product image: ~2 * h' * h * w multiply-adds per
+pair (~0.45 M at 64x64). This mode spends that only on a short list:
+
+1. Candidates (FAISS-style flat inner-product search): every image becomes a small
+   embedding, its luma area-pooled to ``thumb x thumb`` (default 16x16), mean-centred
+   and L2-normalised, so the inner product of two embeddings is the Pearson
+   correlation of the two thumbnails, a cheap proxy for SSIM's structure term. One
+   ``[Q, t^2] @ [t^2, chunk]`` matmul per database chunk (256 multiply-adds per pair
+   at t = 16, ~1/1700 of a pair's SSIM at 64x64); a running per-query selection keeps
+   the best ``candidates``. Self-exclusion masks the excluded position to -inf here,
+   so it is never a candidate.
+2. Re-rank: exact SSIM of each query against its own candidates only, with the same
+   formulas as the torch reference (``frerec_fast.ssim``), then the top ``k`` of those,
+   ties to the lower index. The excluded position is masked again in this stage, which
+   is what makes ``candidates >= N`` equal to exact top-K (then every image is a
+   candidate, the excluded one included, at -inf).
+
+SSIM work falls from ``Q * N`` pairs to ``Q * candidates`` (the default
+``max(4 * k, 1024)``: a 2x cut at N = 2048, ~100x at N = 100k). The answer is
+approximate: an image with high SSIM but a low thumbnail correlation can be missed.
+SPEC 4 asks approximate modes to report recall@K against the exact answer:
+``recall_at_k`` computes it, ``measure_recall`` runs both modes on a query sample.
+
+Memory is bounded whatever N: the candidate stage holds one ``[Q, db_chunk]`` block
+of inner products and the ``[Q, candidates]`` selection; the re-rank holds the query
+statistics (2 x Q x h' x w' floats, as the exact reference), one database chunk with
+its statistics (~3 x db_chunk x h x w floats) and the temporaries of one batch of
+pairs (~8 x ``max_block_elems`` floats).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .ssim import (_ssim_map, check_pair, clamp_k, filter_valid,
+                   local_stats, merge_topk)
+
+DEFAULT_THUMB = 16
+DEFAULT_DB_CHUNK = 4096  # database images per step of either stage
+# Pair-product elements per re-rank batch, by device. The SSIM map is a dozen
+# memory-bound element-wise passes, so on CPU a batch whose temporaries stay in cache
+# wins: 512K floats (2 MiB each, 128 pairs at 64x64) ran 2-5x faster per pair than
+# 32M (ssim.DEFAULT_BLOCK_ELEMS) and as fast per pair as the exact reference at the
+# same size (one thread of the 2-core CI-size box). A GPU launch wants more work: 4M
+# (not measured).
+PAIR_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 22}
+MIN_CANDIDATES = 1024
+FLAT_RMS = 1e-5  # thumbnails with a smaller RMS deviation (intensity in [0, 1]) are flat
+
+
+def default_candidates(k: int, n_db: int) -> int:
+    """Short-list length per query: ``max(4 * k, 1024)`` clamped to ``n_db``.
+
+    k: the (already clamped) number of neighbours wanted. 4x headroom over K keeps
+    recall high when the thumbnail order and the SSIM order disagree locally; the floor
+    of 1024 keeps small K from leaning entirely on a coarse proxy.
+    """
+    return min(n_db, max(4 * int(k), MIN_CANDIDATES))
+
+
+def embed(x: torch.Tensor, thumb: int = DEFAULT_THUMB) -> torch.Tensor:
+    """Candidate-stage embeddings of luma images.
+
+    x: [N, 1, h, w] (any float dtype; index thumbnails are float16). thumb: side of the
+    pooled thumbnail, clamped to the image so pooling never upsamples.
+    Returns: [N, t * t] float32, mean-centred and L2-normalised; an image whose
+    thumbnail is flat gets the zero vector (inner product 0 with everything) rather
+    than NaN.
+    """
+    t_h, t_w = min(thumb, x.shape[-2]), min(thumb, x.shape[-1])
+    # Area pooling (= F.interpolate(mode="area"), the resampling SPEC 4 uses for thumbs).
+    t = F.adaptive_avg_pool2d(x.float(), (t_h, t_w)).flatten(1)
+    t = t - t.mean(dim=1, keepdim=True)
+    norm = t.norm(dim=1, keepdim=True)
+    # A flat thumbnail leaves float32 rounding residue (~1e-8 per pixel) after
+    # centring; normalising that would invent a direction, so an RMS deviation below
+    # FLAT_RMS counts as flat and maps to zero.
+    flat = norm <= FLAT_RMS * t.shape[1] ** 0.5
+    return torch.where(flat, torch.zeros_like(t), t / norm.clamp_min(1e-30))
+
+
+def _check_exclude(exclude, n_q: int, device):
+    if exclude is None:
+        return None
+    exclude = torch.as_tensor(exclude, dtype=torch.long, device=device).reshape(-1)
+    if exclude.shape[0] != n_q:
+        raise ValueError(f"exclude must be [Q={n_q}], got {tuple(exclude.shape)}")
+    return exclude
+
+
+def candidate_topk(q: torch.Tensor, db: torch.Tensor, candidates: int,
+                   exclude: torch.Tensor | None = None, thumb: int = DEFAULT_THUMB,
+                   db_chunk: int = DEFAULT_DB_CHUNK):
+    """Stage 1: the ``candidates`` database images of highest thumbnail correlation.
+
+    q: [Q, 1, h, w]; db: [N, 1, h, w] (chunks are moved to q's device as they are
+    embedded); exclude: [Q] int64 or None (-1: none); candidates in [1, N].
+    Returns: scores [Q, C] float32 (descending; the excluded position, if it is kept
+    at all, holds -inf), idx [Q, C] int64, C = candidates; ties to the lower index.
+    """
+    dev, n_q, n_db = q.device, q.shape[0], db.shape[0]
+    if not 1 <= candidates <= n_db:
+        raise ValueError(f"candidates must be in [1, {n_db}], got {candidates}")
+    exclude = _check_exclude(exclude, n_q, dev)
+    eq = embed(q.to(dev), thumb)                                      # [Q, t^2]
+    best_s = torch.empty(n_q, 0, dtype=torch.float32, device=dev)
+    best_i = torch.empty(n_q, 0, dtype=torch.long, device=dev)
+    for j in range(0, n_db, db_chunk):
+        ed = embed(db[j:j + db_chunk].to(dev), thumb)                 # [n, t^2]
+        block = eq @ ed.t()                                           # [Q, n]
+        idx = torch.arange(j, j + ed.shape[0], device=dev).expand(n_q, -1)
+        if exclude is not None:
+            block = block.masked_fill(idx == exclude[:, None], float("-inf"))
+        best_s, best_i = merge_topk(best_s, best_i, block, idx, candidates)
+    return best_s, best_i
+
+
+def rerank(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
+           exclude: torch.Tensor | None = None, db_chunk: int = DEFAULT_DB_CHUNK,
+           max_block_elems: int | None = None):
+    """Stage 2: exact SSIM of each query against its own candidates, then top-k.
+
+    q: [Q, 1, h, w]; db: [N, 1, h, w]; cand: [Q, C] int64 database positions (a row
+    may not repeat a position); k <= C; exclude: [Q] int64 or None (-1: none).
+    Returns: scores [Q, k] float32 descending, idx [Q, k] int64, ties to the lower index.
+
+    SSIM is computed as the torch reference does (``ssim._pair_block``: per-image
+    local statistics, and the windowed mean of each pair's product; measured
+    bit-identical on CPU), in the same database-major order: the database is walked in
+    chunks of ``db_chunk`` images, each chunk's statistics are computed once (skipped if
+    no query short-listed one of its images), and each query is scored against its
+    candidates inside the chunk, a contiguous run of its sorted row. The query side is
+    broadcast, not gathered; the database side is a slice when the run is a range of
+    positions (as when every image is a candidate), else a gather. Work: 2 filters per
+    database image (as exact) plus one per candidate pair (exact: one per pair of all N).
+    Peak memory: one chunk with its statistics (~3 * db_chunk * h * w floats) and the
+    temporaries of one batch of pairs (~8 * max_block_elems floats; default
+    ``PAIR_ELEMS`` of q's device type).
+    """
+    dev = q.device
+    n_q, n_c = cand.shape
+    h, w = q.shape[-2:]
+    exclude = _check_exclude(exclude, n_q, dev)
+    # Ascending positions per row: each chunk's candidates are one run per row, and
+    # the stable sort at the end breaks ties low-first.
+    cand = torch.sort(cand.to(dev), dim=1).values
+    qf = q.to(dev).float()
+    mu_q, var_q = local_stats(qf)                                     # [Q, h', w']
+    if max_block_elems is None:
+        max_block_elems = PAIR_ELEMS.get(dev.type, PAIR_ELEMS["cuda"])
+    pairs_per_batch = max(1, max_block_elems // (h * w))
+    scores = torch.empty(n_q, n_c, dtype=torch.float32, device=dev)
+    for j0 in range(0, db.shape[0], db_chunk):
+        j1 = min(j0 + db_chunk, db.shape[0])
+        lo = torch.searchsorted(cand, torch.full((n_q, 1), j0, device=dev))[:, 0]
+        hi = torch.searchsorted(cand, torch.full((n_q, 1), j1, device=dev))[:, 0]
+        if not bool((hi > lo).any()):
+            continue  # nobody short-listed an image of this chunk: skip its statistics
+        # A run is a range when its last position minus its first equals its length - 1.
+        first = cand.gather(1, lo.clamp(max=n_c - 1)[:, None])[:, 0]
+        last = cand.gather(1, (hi - 1).clamp(min=0)[:, None])[:, 0]
+        is_range = (last - first) == (hi - lo - 1)
+        d = db[j0:j1].to(dev).float()                                 # [n, 1, h, w]
+        mu_d, var_d = local_stats(d)                                  # [n, h', w']
+        runs = zip(lo.tolist(), hi.tolist(), first.tolist(), is_range.tolist())
+        for i, (a, b, f, rng) in enumerate(runs):
+            for a0 in range(a, b, pairs_per_batch):
+                a1 = min(a0 + pairs_per_batch, b)
+                if rng:
+                    t0 = f + (a0 - a) - j0
+                    sel = slice(t0, t0 + a1 - a0)                     # a view, no copy
+                else:
+                    sel = cand[i, a0:a1] - j0                         # [P] gather
+                md = mu_d[sel]                                        # [P, h', w']
+                exy = filter_valid(qf[i] * d[sel])[:, 0]              # [P, h', w']
+                cov = exy - mu_q[i] * md
+                m = _ssim_map(mu_q[i], md, var_q[i], var_d[sel], cov)
+                scores[i, a0:a1] = m.mean(dim=(1, 2))
+    if exclude is not None:
+        scores = scores.masked_fill(cand == exclude[:, None], float("-inf"))
+    s, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    return s[:, :k], torch.gather(cand, 1, order[:, :k])
+
+
+def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
+                        exclude: torch.Tensor | None = None, candidates: int | None = None,
+                        thumb: int = DEFAULT_THUMB, db_chunk: int = DEFAULT_DB_CHUNK,
+                        max_block_elems: int | None = None):
+    """Approximate top-k by SSIM: thumbnail-correlation short-list, exact SSIM re-rank.
+
+    q: [Q, 1, h, w], db: [N, 1, h, w] luma in [0, 1] (db may be float16 or on another
+    device; chunks are moved to q's device). exclude: optional [Q] int64 database
+    position to skip per query (-1: none). k is clamped with ``ssim.clamp_k`` (to N,
+    or N - 1 with exclude). candidates: short-list length per query, default
+    ``default_candidates(k, N)``; raised to k if smaller, capped at N. With
+    candidates = N the result equals exact top-K (same indices; scores to float32
+    rounding of the torch reference).
+    Returns: scores [Q, k] float32 descending (exact SSIM), idx [Q, k] int64, ties to
+    the lower index.
+    """
+    check_pair(q, db)
+    n_db = db.shape[0]
+    k = clamp_k(k, n_db, exclude is not None)
+    if candidates is None:
+        candidates = default_candidates(k, n_db)
+    candidates = min(max(int(candidates), k), n_db)
+    exclude = _check_exclude(exclude, q.shape[0], q.device)
+    _, cand = candidate_topk(q, db, candidates, exclude, thumb, db_chunk)
+    return rerank(q, db, cand, k, exclude, db_chunk, max_block_elems)
+
+
+def recall_at_k(approx_idx: torch.Tensor, exact_idx: torch.Tensor) -> float:
+    """Mean over queries of |approx top-K  intersect  exact top-K| / K.
+
+    approx_idx, exact_idx: [Q, K] int64 database positions (one query per row; order
+    within a row does not matter). Returns: float in [0, 1]; 1.0 for Q = 0.
+    """
+    if approx_idx.shape != exact_idx.shape or approx_idx.dim() != 2:
+        raise ValueError(f"need two [Q, K] index tensors of one shape, got "
+                         f"{tuple(approx_idx.shape)} and {tuple(exact_idx.shape)}")
+    n_q, k = exact_idx.shape
+    if n_q == 0 or k == 0:
+        return 1.0
+    a, e = approx_idx.cpu(), exact_idx.cpu()
+    # [Q, K, K] membership test: rows hold distinct positions, so hits count each once.
+    hits = (a[:, :, None] == e[:, None, :]).any(dim=2).sum()
+    return hits.item() / (n_q * k)
+
+
+def measure_recall(q: torch.Tensor, db: torch.Tensor, k: int,
+                   exclude: torch.Tensor | None = None, candidates: int | None = None,
+                   thumb: int = DEFAULT_THUMB, backend: str = "auto") -> dict:
+    """Run exact and prefilter top-k on the same queries and report recall@K (SPEC 4).
+
+    q: [Q, 1, h, w] (a sample of queries is enough), db: [N, 1, h, w]; backend: of the
+    exact reference (``frerec_fast.ssim_topk``). Returns: dict with recall, k,
+    candidates, n_db and ssim_pair_fraction (SSIM pairs scored, relative to exact).
+    """
+    from .ops import ssim_topk  # lazy: ops will dispatch mode="prefilter" to this module
+
+    n_db = db.shape[0]
+    kk = clamp_k(k, n_db, exclude is not None)
+    c = candidates if candidates is not None else default_candidates(kk, n_db)
+    c = min(max(int(c), kk), n_db)
+    _, exact = ssim_topk(q, db, kk, exclude=exclude, backend=backend)
+    _, approx = ssim_topk_prefilter(q, db, kk, exclude=exclude, candidates=c, thumb=thumb)
+    return {"recall": recall_at_k(approx, exact.to(approx.device)), "k": kk,
+            "candidates": c, "n_db": n_db, "ssim_pair_fraction": c / n_db}
