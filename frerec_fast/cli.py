@@ -45,7 +45,7 @@ def cmd_calibrate(a) -> int:
     rep = calibrate_dir(a.src, a.dst, index=a.index, model=model, device=_device(a.device),
                         batch_size=a.batch_size, seed=a.seed, backend=a.backend,
                         resume=not a.no_resume, k=a.k, calibrate_real=a.real,
-                        workers=a.workers, progress=not a.quiet)
+                        workers=a.workers, progress=not a.quiet, model_batch=a.model_batch)
     print(summary(rep, a.dst))
     for path, err in rep["errors"].items():
         print(f"  failed {path}: {err}", file=sys.stderr)
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
         s.add_argument("--backend", default="auto", help="auto|torch|cpp|triton|cuda")
         s.add_argument("--workers", type=int, default=4, help="decode threads")
+        s.add_argument("--model-batch", type=int, default=None,
+                       help="fixed micro-batch of retrieval/SHR/RHM (default 8 on CPU, 32 on "
+                            "CUDA); outputs are identical for any --batch-size at a given value")
         s.add_argument("--real", action="store_true",
                        help="inputs are real images, maybe in the index: exclude each one's own "
                             "entry (SPEC 6)")

@@ -101,7 +101,9 @@ def _from_pil(path: Path, key: str) -> Decoded:
                 arr = raw.astype(np.float32) / 65535.0
                 depth = 16
             elif mode == "F":
-                arr = np.asarray(im, dtype=np.float32)
+                # np.array copies: asarray would be a read-only view of Pillow's buffer,
+                # which torch.from_numpy warns about (and must not be written through).
+                arr = np.array(im, dtype=np.float32)
                 if arr.min() < 0 or arr.max() > 1:
                     raise ImageReadError(f"{path}: float image with values outside [0, 1]")
                 depth = 32

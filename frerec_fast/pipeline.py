@@ -8,9 +8,19 @@ temp-file + fsync + rename) -> one manifest line per finished file.
 Every tile is processed independently of the others in its batch, so the bytes of
 an output depend only on its input, the index, the model, the seed and the backend:
 not on batch size, order, or how often the run was interrupted and resumed.
+
+"Independently" needs care: convolution and GEMM libraries (oneDNN/MKL on CPU, cuDNN
+and cuBLAS on GPU) pick algorithms and blockings by tensor shape, so the same tile in
+a batch of 1 and in a batch of 16 can differ in the last float bits, which flips a
+few rounded 8/16-bit output values. So every compute stage (retrieval, SHR, RHM) runs
+on micro-batches of one fixed size (``model_batch``), the last one padded with copies
+of its last tile whose results are dropped. Shapes then never depend on ``batch_size``
+or on where a run was resumed; ``batch_size`` only says how many tiles are gathered
+per step (rounded up to a multiple of ``model_batch``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -19,7 +29,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import backends
@@ -33,6 +42,8 @@ from .tiles import cut, stitch
 MANIFEST = "frerec_manifest.jsonl"
 REPORT = "frerec_report.json"
 GAP_SAMPLE = 256
+# Default micro-batch (tiles per compute call) per device type; see the module docstring.
+MODEL_BATCH = {"cpu": 8, "cuda": 32}
 
 
 class Manifest:
@@ -45,7 +56,14 @@ class Manifest:
         self.path = path
         self.entries: dict[str, dict] = {}
         if path.exists():
-            for line in path.read_text(errors="replace").splitlines():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                # A line torn by a crash: drop it, or the next append would be glued to
+                # it and lost as well.
+                data = data[:data.rfind(b"\n") + 1]
+                with open(path, "r+b") as fh:
+                    fh.truncate(len(data))
+            for line in data.decode("utf-8", errors="replace").splitlines():
                 try:
                     e = json.loads(line)
                     self.entries[e["path"]] = e
@@ -53,9 +71,13 @@ class Manifest:
                     continue
         self._fh = open(path, "a")
 
-    def done(self, rel: str, digest: str, dst: Path) -> bool:
+    def done(self, rel: str, digest: str, dst: Path, run: str | None = None) -> bool:
+        """True if ``rel`` was written with this input hash by a run of the same
+        settings (``run``: fingerprint of seed, k, index, model, ...), and its output
+        still exists."""
         e = self.entries.get(rel)
         return bool(e and e.get("status") == "ok" and e.get("input_sha256") == digest
+                    and (run is None or e.get("run") == run)
                     and (dst / e.get("output", rel)).is_file())
 
     def append(self, entry: dict) -> None:
@@ -143,7 +165,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                   device: str | torch.device = "cuda", batch_size: int = 16, seed: int = 0,
                   backend: str = "auto", resume: bool = True, k: int = 200,
                   calibrate_real: bool = False, workers: int = 4, progress: bool = True,
-                  overlap: float = 0.25) -> dict:
+                  overlap: float = 0.25, model_batch: int | None = None) -> dict:
     """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
     bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
 
@@ -154,8 +176,15 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     calibrate_real=True excludes each image's own index entry (matched by content hash)
     when it is a real image of the index (SPEC 6).
     resume=True skips files that the manifest in ``dst`` records as done with the same
-    input hash. Returns the run report (also written to ``dst/frerec_report.json``):
-    ``ok``, ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
+    input hash and the same run settings (seed, k, calibrate_real, overlap, model_batch,
+    index and model contents); any other file, failed ones included, is (re)done.
+    batch_size: tiles gathered per step, rounded up to a multiple of ``model_batch``;
+    it never changes the output bytes. model_batch: tiles per compute call (retrieval,
+    SHR, RHM), fixed so that outputs do not depend on batch shapes (module docstring);
+    default 8 on CPU, 32 on CUDA. Outputs are reproducible for one device, backend and
+    model_batch.
+    Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
+    ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     """
     t_start = time.perf_counter()
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -164,6 +193,10 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     if dst == src or src in dst.parents or dst in src.parents:
         raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
                          f"the input directory {src} (inputs are never modified)")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     if index is None:
         raise ValueError("an index is required: build one with frerec_fast.build_index "
                          "(CLI: frerec index REAL_DIR OUT)")
@@ -176,6 +209,13 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         raise ValueError(f"the model takes {mc} channel(s) but the index has {cfg.channels}")
     used = {op: backends.resolve_name(op, backend, dev) for op in ("ssim_topk", "shr")}
     by_hash = {h: i for i, h in enumerate(index.hashes)} if calibrate_real else {}
+    micro = int(model_batch or MODEL_BATCH.get(dev.type, 8))
+    if micro < 1:
+        raise ValueError(f"model_batch must be >= 1, got {model_batch!r}")
+    step = micro * -(-batch_size // micro)
+    run_id = _run_fingerprint(seed=seed, k=k, calibrate_real=calibrate_real, overlap=overlap,
+                              model_batch=micro, index=_index_digest(index),
+                              model=_model_digest(net))
 
     dst.mkdir(parents=True, exist_ok=True)
     for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
@@ -193,7 +233,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         t0 = time.perf_counter()
         try:
             digest = fio.file_sha256(src / rel)
-            if resume and manifest.done(rel, digest, dst):
+            if resume and manifest.done(rel, digest, dst, run_id):
                 return rel, digest, None, "done", time.perf_counter() - t0
             return rel, digest, fio.read_images(src, rel), None, time.perf_counter() - t0
         except (fio.ImageReadError, ImportError, OSError) as e:
@@ -203,7 +243,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         report["failed"] += 1
         report["errors"][rel] = err
         manifest.append({"path": rel, "input_sha256": digest, "status": "error",
-                         "error": err, "seed": seed})
+                         "error": err, "seed": seed, "run": run_id})
 
     pending: deque = deque()      # (job, item index, tile index)
     writes: deque = deque()       # (job, Future[output sha256])
@@ -216,7 +256,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                 stages.encode += secs
                 manifest.append({"path": job.rel, "output": _output_rel(job.rel),
                                  "input_sha256": job.digest, "output_sha256": out_hash,
-                                 "status": "ok", "seed": seed, "tiles": sum(len(o) for o in job.offsets)})
+                                 "status": "ok", "seed": seed, "run": run_id,
+                                 "tiles": sum(len(o) for o in job.offsets)})
                 report["ok"] += 1
             except Exception as e:  # an encoder error names the file; the run goes on
                 fail(job.rel, job.digest, f"{src / job.rel}: cannot write output ({e})")
@@ -235,8 +276,12 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             fio.write_like(job.items[0], outs[0], out, src / job.rel)
         return fio.file_sha256(out), time.perf_counter() - t0
 
-    def run_batch(n: int, writer: ThreadPoolExecutor):
-        batch = [pending.popleft() for _ in range(min(n, len(pending)))]
+    def run_micro(writer: ThreadPoolExecutor):
+        """Compute up to ``micro`` pending tiles as one batch of exactly ``micro`` tiles
+        (padded with copies of the last one; their results are dropped)."""
+        batch = [pending.popleft() for _ in range(min(micro, len(pending)))]
+        real = len(batch)
+        batch += [batch[-1]] * (micro - real)
         x = torch.stack([job.tiles[i][t] for job, i, t in batch])
         keys = [job.items[i].key for job, i, _ in batch]
         x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x
@@ -253,20 +298,21 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         if net is not None:
             with torch.inference_mode():
                 y = net(y)
-        y = y.clamp(0.0, 1.0).float().cpu()
+        y = y[:real].clamp(0.0, 1.0).float().cpu()
         t3 = _sync(dev)
         stages.retrieval += t1 - t0
         stages.shr += t2 - t1
         stages.rhm += t3 - t2
-        for (job, i, t), out in zip(batch, y):
+        for (job, i, t), out in zip(batch[:real], y):
             job.out[i][t] = out
             job.remaining -= 1
             if job.remaining == 0:
                 writes.append((job, writer.submit(encode, job)))
-                if len(sample_out) < GAP_SAMPLE:
-                    sample_out.append(out)
+                for tiles in job.out:  # the same tiles that sample_in took
+                    if len(sample_out) < GAP_SAMPLE:
+                        sample_out.append(tiles[0])
 
-    prefetch = max(2 * batch_size, 2 * workers)
+    prefetch = max(2 * step, 2 * workers)
     try:
         with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(2) as writer:
             inflight: deque[Future] = deque()
@@ -299,11 +345,12 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                     if len(sample_in) < GAP_SAMPLE:
                         sample_in.append(tiles[0])
                     pending.extend((job, i, t) for t in range(tiles.shape[0]))
-                while len(pending) >= batch_size:
-                    run_batch(batch_size, writer)
+                while len(pending) >= step:
+                    for _ in range(step // micro):
+                        run_micro(writer)
                 finish_ready(block=False)
             while pending:
-                run_batch(batch_size, writer)
+                run_micro(writer)
             finish_ready(block=True)
     finally:
         manifest.close()
@@ -315,7 +362,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         "stage_seconds": vars(stages), "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backends": used, "rhm": net is not None, "k": k, "seed": seed,
-        "batch_size": batch_size, "index": str(index.path) if index.path else None,
+        "batch_size": batch_size, "model_batch": micro, "run": run_id,
+        "index": str(index.path) if index.path else None,
         "frequency_gap": _gaps(sample_in, sample_out, index),
         "files": len(rels),
     })
@@ -338,6 +386,47 @@ def _prepare(rel, digest, items, cfg, exclude, overlap, src) -> _Job:
         job.out.append([None] * tiles.shape[0])
         job.remaining += tiles.shape[0]
     return job
+
+
+def _index_digest(index: RealIndex) -> str:
+    """The index's tensor checksum from its index.json when it was loaded from disk,
+    else a hash of its tensors and keys."""
+    if index.path is not None:
+        try:
+            meta = json.loads((Path(index.path) / "index.json").read_text())
+            if meta.get("tensors_sha256"):
+                return meta["tensors_sha256"]
+        except (OSError, ValueError):
+            pass
+    h = hashlib.sha256(json.dumps(index.config.to_dict(), sort_keys=True).encode())
+    for t in (index.thumbs, index.mu, index.sigma):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update("\x1f".join(index.keys).encode())
+    return h.hexdigest()
+
+
+def _model_digest(net) -> str | None:
+    """Hash of a model's config and weights (None: SHR only). A callable without a
+    state_dict (an exported engine) is known by its type only."""
+    if net is None:
+        return None
+    if not hasattr(net, "state_dict"):
+        return f"{type(net).__module__}.{type(net).__qualname__}"
+    h = hashlib.sha256()
+    cfg = getattr(net, "config", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(net.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _run_fingerprint(**settings) -> str:
+    """Short hash of the settings that decide an output's bytes, stored with each
+    manifest line so that resume never mixes outputs of different settings."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def _sync(dev: torch.device) -> float:
