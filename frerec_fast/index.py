@@ -121,6 +121,19 @@ class RealIndex:
 
     def __post_init__(self):
         self._positions = {k: i for i, k in enumerate(self.keys)}
+        # Per-device copies of the tensors, made once: a GPU job must not re-upload the
+        # whole index for every batch. Not a dataclass field, so dataclasses.replace()
+        # (which may swap a tensor) starts with an empty cache.
+        self._device_copies: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def tensors_on(self, device: torch.device | str):
+        """(thumbs, mu, sigma) on ``device``, copied once and cached (CPU: no copy)."""
+        key = str(torch.device(device))
+        got = self._device_copies.get(key)
+        if got is None:
+            got = (self.thumbs.to(device), self.mu.to(device), self.sigma.to(device))
+            self._device_copies[key] = got
+        return got
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -146,12 +159,10 @@ class RealIndex:
         q = self.thumbnails(queries)
         if exclude is not None:
             exclude = torch.as_tensor(exclude, dtype=torch.long, device=q.device)
-        scores, ids = ssim_topk(q, self.thumbs.to(q.device), k, exclude=exclude, mode=mode,
-                                backend=backend)
-        cpu_ids = ids.cpu()
-        mu_bank = self.mu[cpu_ids].to(queries.device)
-        sigma_bank = self.sigma[cpu_ids].to(queries.device)
-        return Neighbours(ids, scores, mu_bank, sigma_bank)
+        thumbs, mu, sigma = self.tensors_on(q.device)
+        scores, ids = ssim_topk(q, thumbs, k, exclude=exclude, mode=mode, backend=backend)
+        # Gather on the queries' device: no round trip of the ids through the host.
+        return Neighbours(ids, scores, mu[ids], sigma[ids])
 
     # -- persistence -------------------------------------------------------
     def save(self, out: str | os.PathLike) -> Path:

@@ -276,33 +276,19 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             fio.write_like(job.items[0], outs[0], out, src / job.rel)
         return fio.file_sha256(out), time.perf_counter() - t0
 
-    def run_micro(writer: ThreadPoolExecutor):
-        """Compute up to ``micro`` pending tiles as one batch of exactly ``micro`` tiles
-        (padded with copies of the last one; their results are dropped)."""
-        batch = [pending.popleft() for _ in range(min(micro, len(pending)))]
-        real = len(batch)
-        batch += [batch[-1]] * (micro - real)
-        x = torch.stack([job.tiles[i][t] for job, i, t in batch])
-        keys = [job.items[i].key for job, i, _ in batch]
-        x = x.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else x
-        t0 = time.perf_counter()
-        exclude = [job.exclude for job, _, _ in batch] if calibrate_real else None
-        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
-        t1 = _sync(dev)
-        eps = [sample_eps(seed, [key], cfg.channels, t) for key, (_, _, t) in zip(keys, batch)]
-        eps_mu = torch.cat([e[0] for e in eps]).to(dev)
-        eps_sigma = torch.cat([e[1] for e in eps]).to(dev)
-        y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
-                domain=cfg.domain, backend=backend)
-        t2 = _sync(dev)
-        if net is not None:
-            with torch.inference_mode():
-                y = net(y)
-        y = y[:real].clamp(0.0, 1.0).float().cpu()
-        t3 = _sync(dev)
-        stages.retrieval += t1 - t0
-        stages.shr += t2 - t1
-        stages.rhm += t3 - t2
+    cuda = dev.type == "cuda"
+    timers: list = []           # CUDA: (start, after retrieval, after SHR, after RHM) events
+    in_flight: deque = deque()  # CUDA: computed micro-batches whose copy to the host runs
+
+    def mark():
+        if not cuda:
+            return time.perf_counter()
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def deliver(batch, real: int, y: torch.Tensor, writer: ThreadPoolExecutor):
+        """Hand finished tiles to their jobs; a job whose tiles are all done is encoded."""
         for (job, i, t), out in zip(batch[:real], y):
             job.out[i][t] = out
             job.remaining -= 1
@@ -311,6 +297,56 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                 for tiles in job.out:  # the same tiles that sample_in took
                     if len(sample_out) < GAP_SAMPLE:
                         sample_out.append(tiles[0])
+
+    def drain(writer: ThreadPoolExecutor, keep: int = 0):
+        while len(in_flight) > keep:
+            batch, real, y, done = in_flight.popleft()
+            done.synchronize()
+            deliver(batch, real, y, writer)
+
+    def run_micro(writer: ThreadPoolExecutor):
+        """Compute up to ``micro`` pending tiles as one batch of exactly ``micro`` tiles
+        (padded with copies of the last one; their results are dropped).
+
+        On CUDA nothing here waits for the GPU on purpose: the result is copied to pinned
+        host memory asynchronously and delivered after the next micro-batch has been
+        queued, so the host prepares batch i+1 (stacking, upload, noise) while the GPU
+        still runs batch i. Stage times come from CUDA events, summed at the end.
+        """
+        batch = [pending.popleft() for _ in range(min(micro, len(pending)))]
+        real = len(batch)
+        batch += [batch[-1]] * (micro - real)
+        x = torch.stack([job.tiles[i][t] for job, i, t in batch])
+        keys = [job.items[i].key for job, i, _ in batch]
+        x = x.pin_memory().to(dev, non_blocking=True) if cuda else x
+        eps = [sample_eps(seed, [key], cfg.channels, t) for key, (_, _, t) in zip(keys, batch)]
+        eps_mu = torch.cat([e[0] for e in eps]).to(dev, non_blocking=True)
+        eps_sigma = torch.cat([e[1] for e in eps]).to(dev, non_blocking=True)
+        t0 = mark()
+        exclude = [job.exclude for job, _, _ in batch] if calibrate_real else None
+        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
+        t1 = mark()
+        y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
+                domain=cfg.domain, backend=backend)
+        t2 = mark()
+        if net is not None:
+            with torch.inference_mode():
+                y = net(y)
+        y = y[:real].clamp(0.0, 1.0).float()
+        t3 = mark()
+        if not cuda:
+            stages.retrieval += t1 - t0
+            stages.shr += t2 - t1
+            stages.rhm += t3 - t2
+            deliver(batch, real, y, writer)
+            return
+        timers.append((t0, t1, t2, t3))
+        host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+        host.copy_(y, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        in_flight.append((batch, real, host, done))
+        drain(writer, keep=1)
 
     prefetch = max(2 * step, 2 * workers)
     try:
@@ -351,11 +387,18 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                 finish_ready(block=False)
             while pending:
                 run_micro(writer)
+            drain(writer)
             finish_ready(block=True)
     finally:
         manifest.close()
         bar.close()
 
+    if cuda:
+        torch.cuda.synchronize(dev)
+        for t0, t1, t2, t3 in timers:
+            stages.retrieval += t0.elapsed_time(t1) / 1e3
+            stages.shr += t1.elapsed_time(t2) / 1e3
+            stages.rhm += t2.elapsed_time(t3) / 1e3
     seconds = time.perf_counter() - t_start
     report.update({
         "seconds": seconds, "images_per_s": report["ok"] / seconds if seconds else 0.0,
@@ -427,12 +470,6 @@ def _run_fingerprint(**settings) -> str:
     manifest line so that resume never mixes outputs of different settings."""
     blob = json.dumps(settings, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _sync(dev: torch.device) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return time.perf_counter()
 
 
 def _gaps(sample_in, sample_out, index: RealIndex) -> dict:

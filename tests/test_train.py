@@ -137,3 +137,22 @@ def test_shipped_default_model_loads_and_restores():
     # structurally close to the clean image as its SHR input.
     assert val["ssim_model"] >= val["ssim_shr"]
     assert (path.parent / "MODEL_CARD.md").is_file()
+
+
+def test_train_from_prebuilt_index_with_bf16_autocast(tmp_path, data):
+    """`frerec train INDEX --real-dir DIR` path, through the AMP code (bf16 autocast on CPU)."""
+    import frerec_fast as ff
+
+    train, val = data
+    ff.build_index(train, tmp_path / "idx", progress=False)
+    with pytest.raises(ValueError, match="real_dir"):
+        train_rhm(tmp_path / "idx", tmp_path / "no", epochs=1, **ARGS)
+    path = train_rhm(tmp_path / "idx", tmp_path / "run", real_dir=train, val_dir=val, epochs=2,
+                     amp="bf16", **ARGS)
+    meta = json.loads(path.with_suffix(".json").read_text())
+    assert meta["extra"]["training"]["amp"] == "bf16"
+    hist = meta["extra"]["history"]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    assert hist[-1]["val"]["psnr_model"] > 10
+    with pytest.raises(ValueError, match="fp16"):
+        train_rhm(train, tmp_path / "fp16", epochs=1, amp="fp16", **ARGS)

@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import time
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +49,21 @@ def _pair(v) -> tuple[int, int]:
 
 
 def _resolve_amp(amp, device: torch.device) -> str | None:
-    """None -> bf16 (fp16 where bf16 is unsupported) on CUDA, off elsewhere; 'off'/False -> off."""
+    """None -> bf16 (fp16 where bf16 is unsupported) on CUDA, off elsewhere; 'off'/False -> off.
+
+    An explicit 'bf16' also works on CPU (torch's CPU autocast), which is how the AMP code
+    path is tested without a GPU; 'fp16' needs CUDA (its GradScaler is CUDA-only here).
+    """
     if amp in (False, "off", "none", "fp32"):
         return None
+    if amp is not None and amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'off', 'bf16' or 'fp16', got {amp!r}")
     if device.type != "cuda":
-        if amp is None:
-            return None
-        raise ValueError(f"amp={amp!r} needs a CUDA device (got {device}); use amp=None or 'off' on CPU")
+        if amp is None or amp == "bf16":
+            return amp
+        raise ValueError(f"amp='fp16' needs a CUDA device (got {device}); use 'bf16' or 'off' on CPU")
     if amp is None:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be None, 'off', 'bf16' or 'fp16', got {amp!r}")
     return amp
 
 
@@ -252,10 +255,8 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
         raise ValueError(f"{image_root}: {bad} differs from the file the index was built from; "
                          f"rebuild the index or pass the right real_dir")
     positions = torch.arange(len(index))  # train.keys == index.keys, so self = own row
-    # The index's thumbnails live on the training device (retrieval runs there every step);
-    # mu/sigma stay on the CPU, where RealIndex.neighbours gathers them.
-    if dev.type != "cpu":
-        index = dc_replace(index, thumbs=index.thumbs.to(dev))
+    # RealIndex.neighbours keeps one copy of the index per device, so retrieval on the
+    # training device uploads it once, not every step.
     n = len(index)
     bs = min(batch_size, n)
     spe = n // bs
