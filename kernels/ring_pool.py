@@ -204,7 +204,9 @@ def _scatter_launch(values: torch.Tensor, plan: RingPlan, div_count: bool) -> to
 
 
 def _amplitude_bwd_launch(g: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan: RingPlan):
-    g = g.contiguous()
+    # The maths runs in float32 (float64 stays float64): Triton's sqrt and division take
+    # no fp16/bf16 operands, and a half-precision |X| would lose the gradient's scale.
+    g = (g if g.dtype == torch.float64 else g.float()).contiguous()
     b, c, hw = re.shape[0], re.shape[1], plan.h * plan.wh
     gre = torch.empty(re.shape, dtype=g.dtype, device=re.device)
     gim = torch.empty_like(gre)

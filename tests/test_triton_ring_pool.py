@@ -357,3 +357,25 @@ def test_realistic_sizes_on_gpu(backend, size, b, c):
     torch.testing.assert_close(outs[0], ring_pool_amplitude(re, im, idx, 512), rtol=1e-5, atol=1e-6)
     vals = torch.randn(b, 512, device="cuda")
     assert torch.equal(scatter(vals, idx), ring_scatter(vals, idx))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_fused_amplitude_backward_low_precision(dtype):
+    """The fused op's backward with half-precision spectra (as under autocast) matches the
+    float32 reference's gradient to the input precision."""
+    from frerec_fast.model.ring_pool import ring_sector_index
+    from frerec_fast.model.fesa import ring_pool_amplitude as ref_fn
+    from frerec_fast.kernels.ring_pool import ring_pool_amplitude
+
+    g = torch.Generator().manual_seed(3)
+    re32 = torch.randn(2, 3, 8, 5, generator=g)
+    im32 = torch.randn(2, 3, 8, 5, generator=g)
+    idx = ring_sector_index(8, 5, 3, 4)
+    out_grad = torch.randn(2, 12, generator=g)
+    re, im = re32.to(dtype).requires_grad_(), im32.to(dtype).requires_grad_()
+    (ring_pool_amplitude(re, im, idx, 12).float() * out_grad).sum().backward()
+    rr, ii = re32.to(dtype).float().requires_grad_(), im32.to(dtype).float().requires_grad_()
+    (ref_fn(rr, ii, idx, 12) * out_grad).sum().backward()
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    torch.testing.assert_close(re.grad.float(), rr.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(im.grad.float(), ii.grad, rtol=tol, atol=tol)
