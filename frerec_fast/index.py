@@ -131,7 +131,8 @@ class RealIndex:
         key = str(torch.device(device))
         got = self._device_copies.get(key)
         if got is None:
-            got = (self.thumbs.to(device), self.mu.to(device), self.sigma.to(device))
+            with torch.inference_mode(False):  # cached: must outlive an inference-mode caller
+                got = (self.thumbs.to(device), self.mu.to(device), self.sigma.to(device))
             self._device_copies[key] = got
         return got
 

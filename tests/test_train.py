@@ -156,3 +156,22 @@ def test_train_from_prebuilt_index_with_bf16_autocast(tmp_path, data):
     assert hist[-1]["val"]["psnr_model"] > 10
     with pytest.raises(ValueError, match="fp16"):
         train_rhm(train, tmp_path / "fp16", epochs=1, amp="fp16", **ARGS)
+
+
+def test_training_after_calibration_in_the_same_process(tmp_path, data):
+    """Constants cached during an inference-mode calibration (ring maps, DFT matrices)
+    must not break a later training step in the same process (torch ring ops save the
+    cached map for backward)."""
+    from frerec_fast.model import RHM, rhm_loss
+    from frerec_fast.model.fesa import set_ring_backend
+    from frerec_fast.model.ring_pool import ring_sector_index
+
+    cfg = TINY.replace(n_rings=3, n_sectors=5)  # sizes no other test has cached yet
+    with torch.inference_mode():
+        torch.manual_seed(0)
+        set_ring_backend(RHM(cfg).eval(), "torch")(torch.rand(2, 1, 40, 40))
+    assert not ring_sector_index(40, 21, 3, 5).is_inference()
+    m = set_ring_backend(RHM(cfg).train(), "torch")
+    x = torch.rand(2, 1, 40, 40)
+    rhm_loss(m(x), x).backward()
+    assert all(p.grad is not None for p in m.parameters())

@@ -86,7 +86,8 @@ def ring_plan(index_map: torch.Tensor, n_bins: int) -> RingPlan:
     hit = _CACHE.get(key)
     if hit is not None and hit[0]() is index_map and hit[1] == _version(index_map):
         return hit[2]
-    plan = _build(index_map, int(n_bins))
+    with torch.inference_mode(False):  # cached: must outlive an inference-mode caller
+        plan = _build(index_map, int(n_bins))
     _CACHE[key] = (weakref.ref(index_map, lambda _r, key=key: _CACHE.pop(key, None)),
                    _version(index_map), plan)
     return plan

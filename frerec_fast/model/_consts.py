@@ -21,8 +21,12 @@ except ImportError:  # pragma: no cover
 
 
 def real_constant(array: np.ndarray, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """A real (never fake) tensor copy of `array` on `device` with `dtype`."""
-    with _no_fake():
+    """A real (never fake) tensor copy of `array` on `device` with `dtype`.
+
+    Also never an inference tensor: a constant first built during inference (e.g. by
+    calibrate_dir) is cached and must stay usable when the same process later trains.
+    """
+    with _no_fake(), torch.inference_mode(False):
         return torch.tensor(array, dtype=dtype, device=device)
 
 
