@@ -9,8 +9,10 @@ Groups (each row's ratio is against the ``torch`` row of its group):
 - ``ring_pool`` / ``ring_scatter``: the reference-signature ops alone on [B, H, Wh].
 
 Feature sizes 64/128/256 with the RHM's level-1 width (48 channels) at batch sizes a
-training step uses. Triton is skipped on CPU (the interpreter is a correctness tool, not
-a performance path); unavailable backends are skipped with the dispatch table's reason.
+training step uses. On CPU the fast backend is ``cpp`` (the OpenMP kernels of
+``csrc/cpu/ring_pool.cpp``, CPU auto's choice); Triton is skipped on CPU (the interpreter
+is a correctness tool, not a performance path); unavailable backends are skipped with the
+dispatch table's reason.
 """
 import pytest
 import torch
@@ -48,7 +50,7 @@ def _run(benchmark, fn, device, group, backend, batch, size, channels):
     benchmark.pedantic(timed, rounds=5, iterations=1, warmup_rounds=1)
 
 
-BACKENDS = ["torch", "triton", "cuda"]
+BACKENDS = ["torch", "cpp", "triton", "cuda"]
 
 
 @pytest.mark.parametrize("size,batch,channels", CASES)

@@ -84,27 +84,33 @@ _TABLE: dict[str, dict[str, Impl]] = {
         "torch": Impl("ssim:ssim_matrix_torch", ("cpu", "cuda")),
         "cpp": Impl("fast.ssim_cpp:ssim_matrix", ("cpu",)),
         "triton": Impl("kernels.ssim_topk:ssim_matrix", ("cpu", "cuda")),
+        "cuda": Impl("fast.ssim_cuda:ssim_matrix", ("cuda",)),
     },
     "ssim_topk": {
         "torch": Impl("ssim:ssim_topk_torch", ("cpu", "cuda")),
         "cpp": Impl("fast.ssim_cpp:ssim_topk", ("cpu",)),
         "triton": Impl("kernels.ssim_topk:ssim_topk", ("cpu", "cuda")),
+        "cuda": Impl("fast.ssim_cuda:ssim_topk", ("cuda",)),
     },
-    # FESA's polar pooling (SPEC 5). The Triton and CUDA versions are atomics-free and
-    # deterministic (kernels/ring_pool.py, csrc/cuda/ring_pool.cu); ring_pool_amplitude is
-    # the fused |X| + channel mean + pool that FrequencyBranch calls.
+    # FESA's polar pooling (SPEC 5). The C++ (CPU), Triton and CUDA versions are
+    # atomics-free and deterministic (csrc/cpu/ring_pool.cpp, kernels/ring_pool.py,
+    # csrc/cuda/ring_pool.cu); ring_pool_amplitude is the fused |X| + channel mean + pool
+    # that FrequencyBranch calls. On CPU, auto takes cpp (benchmarks/test_bench_ring_pool.py).
     "ring_pool": {
         "torch": Impl("model.ring_pool:ring_pool", ("cpu", "cuda")),
+        "cpp": Impl("fast.ring_pool_cpp:ring_pool", ("cpu",)),
         "cuda": Impl("fast.ring_pool_cuda:ring_pool", ("cuda",)),
         "triton": Impl("kernels.ring_pool:ring_pool", ("cpu", "cuda")),
     },
     "ring_scatter": {
         "torch": Impl("model.ring_pool:ring_scatter", ("cpu", "cuda")),
+        "cpp": Impl("fast.ring_pool_cpp:ring_scatter", ("cpu",)),
         "cuda": Impl("fast.ring_pool_cuda:ring_scatter", ("cuda",)),
         "triton": Impl("kernels.ring_pool:ring_scatter", ("cpu", "cuda")),
     },
     "ring_pool_amplitude": {
         "torch": Impl("model.fesa:ring_pool_amplitude", ("cpu", "cuda")),
+        "cpp": Impl("fast.ring_pool_cpp:ring_pool_amplitude", ("cpu",)),
         "cuda": Impl("fast.ring_pool_cuda:ring_pool_amplitude", ("cuda",)),
         "triton": Impl("kernels.ring_pool:ring_pool_amplitude", ("cpu", "cuda")),
     },

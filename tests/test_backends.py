@@ -9,14 +9,18 @@ from frerec_fast import backends
 from marks import needs_cpp
 
 
-def test_unknown_and_unavailable_backends_raise_clearly():
+def test_unknown_and_unavailable_backends_raise_clearly(monkeypatch):
     x = torch.rand(1, 1, 8, 8)
     with pytest.raises(ff.BackendUnavailable, match="unknown backend 'fast'"):
         ff.band_stats(x, backend="fast")
     with pytest.raises(ff.BackendUnavailable, match="runs on cuda tensors"):
         ff.band_stats(x, backend="cuda")
-    with pytest.raises(ff.BackendUnavailable, match="no 'cuda' implementation"):
+    with pytest.raises(ff.BackendUnavailable, match="runs on cuda tensors"):
         ff.ssim_matrix(torch.rand(1, 1, 16, 16), torch.rand(2, 1, 16, 16), backend="cuda")
+    # An op with no implementation of a backend says so (every real op has all four now).
+    monkeypatch.setitem(backends._TABLE, "toy", {"torch": backends.Impl("ssim:ssim_matrix_torch", ("cpu",))})
+    with pytest.raises(ff.BackendUnavailable, match="no 'cuda' implementation"):
+        backends.resolve("toy", "cuda", torch.device("cpu"))
 
 
 def test_triton_on_cpu_needs_interpreter(monkeypatch):

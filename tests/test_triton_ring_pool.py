@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import frerec_fast.backends as backends
+from frerec_fast import _ext
 from frerec_fast.fast.ring_plan import ring_plan
 from frerec_fast.model import dft as _dft
 from frerec_fast.model import fesa as fesa_mod
@@ -267,8 +268,9 @@ def test_plan_is_cached_and_tracks_in_place_edits():
 def test_dispatch_entries():
     for op in ("ring_pool", "ring_scatter", "ring_pool_amplitude"):
         assert set(backends._TABLE[op]) >= {"torch", "triton", "cuda"}
-        # CPU auto stays on the torch reference (Triton on CPU is only the interpreter).
-        assert backends.resolve_name(op, "auto", "cpu") == "torch"
+        # CPU auto: the C++ op when built, else the torch reference (never the Triton
+        # interpreter).
+        assert backends.resolve_name(op, "auto", "cpu") == ("cpp" if _ext.has_cpp() else "torch")
     assert backends.resolve("ring_pool", "torch", "cpu") is ring_pool
     assert backends.resolve("ring_scatter", "torch", "cpu") is ring_scatter
     why = backends.unavailable_reason("ring_pool", "cuda", "cpu")
