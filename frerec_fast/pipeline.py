@@ -96,11 +96,12 @@ class _Job:
     rel: str
     digest: str
     items: list                      # list[fio.Decoded]
-    exclude: int                     # index position of this file (self-exclusion) or -1
+    exclude: list                    # per item: its own index position (self-exclusion) or -1
     tiles: list = field(default_factory=list)     # per item: [T, C, h, w] model input
     offsets: list = field(default_factory=list)   # per item: tile offsets
     out: list = field(default_factory=list)       # per item: [T, C, h, w] results (filled)
     remaining: int = 0
+    failed: bool = False             # a compute error was recorded: drop its remaining tiles
 
 
 @dataclass
@@ -208,14 +209,40 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     if mc is not None and mc != cfg.channels:
         raise ValueError(f"the model takes {mc} channel(s) but the index has {cfg.channels}")
     used = {op: backends.resolve_name(op, backend, dev) for op in ("ssim_topk", "shr")}
-    by_hash = {h: i for i, h in enumerate(index.hashes)} if calibrate_real else {}
+    if net is not None and hasattr(net, "modules"):
+        # backend= reaches the RHM's ring pooling too (this sets it on the model passed in).
+        from .model.fesa import set_ring_backend
+        set_ring_backend(net, backend)
+        if any(hasattr(m, "n_rings") for m in net.modules()):
+            for op in ("ring_pool_amplitude", "ring_scatter"):
+                used[op] = backends.resolve_name(op, backend, dev)
+    def own_position(key: str, digest: str) -> int:
+        """SPEC 6 self-exclusion: the index entry of this very image (same key and file, as
+        for each slice of an indexed NIfTI volume), else the first entry with the same
+        file content (a real image copied under another name)."""
+        if not calibrate_real:
+            return -1
+        pos = index.position(key)
+        if pos >= 0 and index.hashes[pos] == digest:
+            return pos
+        return -1 if "#z=" in key else by_hash.get(digest, -1)
+
+    by_hash: dict[str, int] = {}
+    if calibrate_real:
+        for i, h in enumerate(index.hashes):
+            by_hash.setdefault(h, i)
     micro = int(model_batch or MODEL_BATCH.get(dev.type, 8))
     if micro < 1:
         raise ValueError(f"model_batch must be >= 1, got {model_batch!r}")
     step = micro * -(-batch_size // micro)
+    from . import __version__
+    # Everything that can change an output's bytes: the settings, the data, the code and
+    # the arithmetic (device type, backends, CPU thread count: float sums are split by it).
     run_id = _run_fingerprint(seed=seed, k=k, calibrate_real=calibrate_real, overlap=overlap,
                               model_batch=micro, index=_index_digest(index),
-                              model=_model_digest(net))
+                              model=_model_digest(net), device=dev.type, backends=used,
+                              threads=torch.get_num_threads() if dev.type == "cpu" else None,
+                              torch=torch.__version__, frerec_fast=__version__)
 
     dst.mkdir(parents=True, exist_ok=True)
     for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
@@ -238,12 +265,22 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             return rel, digest, fio.read_images(src, rel), None, time.perf_counter() - t0
         except (fio.ImageReadError, ImportError, OSError) as e:
             return rel, None, None, str(e), time.perf_counter() - t0
+        except Exception as e:  # a decoder's own error type: still this file's problem only
+            return (rel, None, None, f"{src / rel}: cannot decode ({type(e).__name__}: {e})",
+                    time.perf_counter() - t0)
 
     def fail(rel: str, digest, err: str):
         report["failed"] += 1
         report["errors"][rel] = err
         manifest.append({"path": rel, "input_sha256": digest, "status": "error",
                          "error": err, "seed": seed, "run": run_id})
+
+    def fail_job(job: _Job, err: str):
+        """A file whose compute failed: recorded once; its other tiles are dropped."""
+        if not job.failed:
+            job.failed = True
+            fail(job.rel, job.digest, err)
+            bar.update(1)
 
     pending: deque = deque()      # (job, item index, tile index)
     writes: deque = deque()       # (job, Future[output sha256])
@@ -270,6 +307,13 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             y = stitch(torch.stack(tiles), offs, tuple(d.pixels.shape[-2:]), overlap)
             outs.append(_from_channels(y, d.pixels.shape[0]).numpy())
         out = dst / _output_rel(job.rel)
+        # A symlinked folder inside dst could lead outside it, even into src.
+        real_parent = out.parent.resolve()
+        if real_parent != dst and dst not in real_parent.parents:
+            raise ValueError(f"output folder {out.parent} resolves to {real_parent}, outside "
+                             f"the output directory {dst} (a symlink?)")
+        if real_parent == src or src in real_parent.parents:
+            raise ValueError(f"output folder {out.parent} resolves into the input directory {src}")
         if job.items[0].fmt == "NIFTI":
             fio.write_nifti_like(src / job.rel, job.items, outs, out)
         else:
@@ -284,24 +328,35 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         if not cuda:
             return time.perf_counter()
         ev = torch.cuda.Event(enable_timing=True)
-        ev.record()
+        ev.record(torch.cuda.current_stream(dev))
         return ev
 
     def deliver(batch, real: int, y: torch.Tensor, writer: ThreadPoolExecutor):
         """Hand finished tiles to their jobs; a job whose tiles are all done is encoded."""
         for (job, i, t), out in zip(batch[:real], y):
+            if job.failed:
+                continue
+            if not bool(torch.isfinite(out).all()):
+                fail_job(job, f"{src / job.rel}: calibration produced non-finite values "
+                              f"(NaN/inf; tile {t})")
+                continue
             job.out[i][t] = out
             job.remaining -= 1
             if job.remaining == 0:
                 writes.append((job, writer.submit(encode, job)))
                 for tiles in job.out:  # the same tiles that sample_in took
                     if len(sample_out) < GAP_SAMPLE:
-                        sample_out.append(tiles[0])
+                        sample_out.append(tiles[0].clone())  # not a view of the whole batch
 
     def drain(writer: ThreadPoolExecutor, keep: int = 0):
         while len(in_flight) > keep:
             batch, real, y, done = in_flight.popleft()
-            done.synchronize()
+            try:
+                done.synchronize()
+            except Exception as e:  # noqa: BLE001 - an asynchronous CUDA error of this batch
+                for job in {id(j): j for j, _, _ in batch[:real]}.values():
+                    fail_job(job, f"{src / job.rel}: calibration failed ({type(e).__name__}: {e})")
+                continue
             deliver(batch, real, y, writer)
 
     def run_micro(writer: ThreadPoolExecutor):
@@ -313,17 +368,34 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         queued, so the host prepares batch i+1 (stacking, upload, noise) while the GPU
         still runs batch i. Stage times come from CUDA events, summed at the end.
         """
-        batch = [pending.popleft() for _ in range(min(micro, len(pending)))]
+        batch = []
+        while pending and len(batch) < micro:
+            item = pending.popleft()
+            if not item[0].failed:  # tiles of a file that already failed are dropped
+                batch.append(item)
+        if not batch:
+            return
         real = len(batch)
         batch += [batch[-1]] * (micro - real)
+        try:
+            compute(batch, real, writer)
+        except Exception as e:  # noqa: BLE001 - one bad micro-batch must not end the run
+            # Every file with a tile here is recorded as failed (a resumed run retries it);
+            # other files never shared this computation, so their bytes are unaffected.
+            for job in {id(j): j for j, _, _ in batch[:real]}.values():
+                fail_job(job, f"{src / job.rel}: calibration failed ({type(e).__name__}: {e})")
+
+    def compute(batch, real: int, writer: ThreadPoolExecutor):
         x = torch.stack([job.tiles[i][t] for job, i, t in batch])
         keys = [job.items[i].key for job, i, _ in batch]
+        # Stage marks and the copy's done-event belong to dev's stream, not the current
+        # device's (device="cuda:1" with cuda:0 current).
         x = x.pin_memory().to(dev, non_blocking=True) if cuda else x
         eps = [sample_eps(seed, [key], cfg.channels, t) for key, (_, _, t) in zip(keys, batch)]
         eps_mu = torch.cat([e[0] for e in eps]).to(dev, non_blocking=True)
         eps_sigma = torch.cat([e[1] for e in eps]).to(dev, non_blocking=True)
         t0 = mark()
-        exclude = [job.exclude for job, _, _ in batch] if calibrate_real else None
+        exclude = [job.exclude[i] for job, i, _ in batch] if calibrate_real else None
         nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
         t1 = mark()
         y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
@@ -344,7 +416,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
         host.copy_(y, non_blocking=True)
         done = torch.cuda.Event()
-        done.record()
+        done.record(torch.cuda.current_stream(dev))
         in_flight.append((batch, real, host, done))
         drain(writer, keep=1)
 
@@ -372,14 +444,15 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                     bar.update(1)
                     continue
                 try:
-                    job = _prepare(rel, digest, items, cfg, by_hash.get(digest, -1), overlap, src)
-                except (fio.ImageReadError, ValueError) as e:
-                    fail(rel, digest, str(e))
+                    job = _prepare(rel, digest, items, cfg, own_position, overlap, src)
+                except Exception as e:  # any per-file problem is recorded; the run goes on
+                    fail(rel, digest, str(e) if isinstance(e, (fio.ImageReadError, ValueError))
+                         else f"{src / rel}: cannot prepare ({type(e).__name__}: {e})")
                     bar.update(1)
                     continue
                 for i, tiles in enumerate(job.tiles):
                     if len(sample_in) < GAP_SAMPLE:
-                        sample_in.append(tiles[0])
+                        sample_in.append(tiles[0].clone())  # not a view of all its tiles
                     pending.extend((job, i, t) for t in range(tiles.shape[0]))
                 while len(pending) >= step:
                     for _ in range(step // micro):
@@ -415,7 +488,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
 
 
 def _prepare(rel, digest, items, cfg, exclude, overlap, src) -> _Job:
-    job = _Job(rel, digest, items, exclude)
+    """exclude: callable (key, digest) -> own index position or -1, per decoded item."""
+    job = _Job(rel, digest, items, [exclude(d.key, digest) for d in items])
     h0, w0 = cfg.work_size
     for d in items:
         h, w = d.pixels.shape[-2:]

@@ -180,3 +180,14 @@ def test_save_rejects_config_of_another_model(tmp_path):
         save_checkpoint(tmp_path / "x", m, tiny(dim=16))
     save_checkpoint(tmp_path / "y", m, tiny(dft="matmul"))  # the DFT path is not a weight
     assert load_rhm(tmp_path / "y").config.dft == "matmul"
+
+
+def test_edited_sidecar_config_is_refused(tmp_path):
+    m = _trained_tiny()
+    stem = save_checkpoint(tmp_path / "m", m)
+    side = tmp_path / "m.json"
+    meta = json.loads(side.read_text())
+    meta["config"]["n_rings"] += 1  # no weight shape depends on it
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="differs"):
+        load_rhm(stem)

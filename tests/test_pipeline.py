@@ -406,3 +406,106 @@ def test_calibrate_real_excludes_self_by_content(work, tmp_path):
     want = ff.shr(x, idx.mu[nb][None, None], idx.sigma[nb][None, None], zero, zero,
                   backend="torch").clamp(0, 1)[0, 0].double().numpy()
     assert np.abs(u16(tmp_path / "out" / "heldout.png") - want).max() * 65535 <= 2
+
+
+class _FailsOnCall(torch.nn.Module):
+    """A real RHM that raises on its n-th forward call (a stand-in for an OOM or a
+    kernel error in one micro-batch), or returns NaN there with nan=True."""
+
+    def __init__(self, n: int, nan: bool = False):
+        super().__init__()
+        self.net, self.n, self.nan, self.calls = tiny_model(), n, nan, 0
+        self.config = self.net.config
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.n:
+            if self.nan:
+                return self.net(x) * float("nan")
+            raise RuntimeError("simulated out of memory")
+        return self.net(x)
+
+
+@pytest.mark.parametrize("nan", [False, True])
+def test_compute_failure_fails_only_that_micro_batch(work, tmp_path, nan):
+    src = tmp_path / "src"
+    rels = copy_synth(src, 12)
+    rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(2, nan),
+                        device="cpu", k=8, batch_size=4, model_batch=4, progress=False)
+    # Micro-batch 2 holds files 5-8 in scan order: exactly those fail, with the reason.
+    assert rep["failed"] == 4 and rep["ok"] == 8, rep["errors"]
+    reason = "non-finite" if nan else "simulated out of memory"
+    assert all(reason in e for e in rep["errors"].values())
+    assert sorted(rep["errors"]) == rels[4:8]
+    # The others are written, and equal to a run whose model never fails.
+    good = calibrate_dir(src, tmp_path / "good", work / "idx", model=tiny_model(), device="cpu",
+                         k=8, batch_size=4, model_batch=4, progress=False)
+    assert good["ok"] == 12
+    ok = [r for r in rels if r not in rep["errors"]]
+    assert file_bytes(tmp_path / "out", ok) == file_bytes(tmp_path / "good", ok)
+    assert (tmp_path / "out" / REPORT).is_file()
+
+
+def test_symlink_in_dst_cannot_write_into_src(work, tmp_path):
+    src = tmp_path / "src"
+    copy_synth(src, 4)
+    before = tree_state(src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    sub = sorted(p.name for p in src.iterdir())[0]
+    (dst / sub).symlink_to(src / sub)
+    rep = calibrate_dir(src, dst, work / "idx", model=False, device="cpu", k=8, progress=False)
+    assert tree_state(src) == before
+    assert rep["failed"] >= 1 and all("input directory" in e or "outside" in e
+                                      for e in rep["errors"].values())
+
+
+def test_backend_is_part_of_the_resume_fingerprint(work, tmp_path):
+    src = tmp_path / "src"
+    copy_synth(src, 4)
+    a = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
+                      backend="torch", progress=False)
+    assert a["backends"]["shr"] == "torch" and a["backends"]["ring_pool_amplitude"] == "torch"
+    b = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
+                      backend="auto", progress=False)
+    if b["backends"] != a["backends"]:  # another backend really ran: everything is redone
+        assert b["skipped"] == 0 and b["ok"] == 4
+    c = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
+                      backend="auto", progress=False)
+    assert c["skipped"] == 4
+
+
+def test_calibrate_real_excludes_each_nifti_slice(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(0)
+    vol = np.zeros((64, 64, 4), dtype=np.float32)
+    base = rng.random((64, 64))
+    for z in range(4):  # similar slices, so without exclusion each would find itself
+        vol[..., z] = base + 0.05 * z + 0.02 * rng.random((64, 64))
+    real = tmp_path / "real"
+    real.mkdir()
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(real / "vol.nii.gz"))
+    for i, p in enumerate(synth_files(6)):
+        shutil.copy(p, real / f"s{i}.png")
+    idx = ff.build_index(real, tmp_path / "idx", progress=False)
+    own = {key: idx.position(key) for key in idx.keys if key.startswith("vol.nii.gz#z=")}
+    assert len(own) == 4
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(real / "vol.nii.gz", src / "vol.nii.gz")
+    seen = {}
+    orig = idx.neighbours
+
+    def spy(x, k=200, exclude=None, **kw):
+        nb = orig(x, k=k, exclude=exclude, **kw)
+        for e, ids in zip(exclude, nb.ids.tolist()):
+            seen[int(e)] = ids
+        return nb
+
+    idx.neighbours = spy  # records what the real retrieval returned for each slice
+    rep = calibrate_dir(src, tmp_path / "out", idx, model=False, device="cpu", k=3,
+                        calibrate_real=True, progress=False)
+    assert rep["ok"] == 1, rep["errors"]
+    assert sorted(seen) == sorted(own.values())  # each slice excluded its own entry
+    for pos, ids in seen.items():
+        assert pos not in ids

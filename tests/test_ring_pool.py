@@ -11,8 +11,9 @@ from frerec_fast.model import ring_pool, ring_scatter, ring_sector_index
 SIZES = [(1, 1), (2, 2), (5, 1), (8, 5), (37, 23), (64, 33), (45, 19)]
 
 
-def reference_index(h, w_half, n_rings, n_sectors):
+def reference_index(h, w_half, n_rings, n_sectors, w=None):
     """The documented definition, written per frequency with Python floats."""
+    nyquist = w is not None and w % 2 == 0
     fus = [k if k < h - h // 2 else k - h for k in range(h)]  # fftfreq(h) * h
     radius = {(fu, fv): math.hypot(fu, fv) for fu in fus for fv in range(w_half)}
     big_r = max(radius.values())
@@ -22,7 +23,8 @@ def reference_index(h, w_half, n_rings, n_sectors):
             # Exact ties go to the outer ring / upper sector; 1e-9 absorbs float rounding and
             # is far below the gap between distinct integer-grid radii at these sizes.
             ring = 0 if big_r == 0 else min(math.floor(n_rings * radius[fu, fv] / big_r + 1e-9), n_rings - 1)
-            phi = math.atan2(fu, fv) % math.pi
+            # Even W: column W/2 holds (fu, W/2) ~ (-fu, -W/2): binned by (|fu|, W/2).
+            phi = math.atan2(abs(fu) if nyquist and fv == w_half - 1 else fu, fv) % math.pi
             sector = min(math.floor(n_sectors * phi / math.pi + 1e-9), n_sectors - 1)
             out[i, fv] = sector * n_rings + ring
     return out
@@ -34,6 +36,18 @@ def test_index_matches_definition(h, w_half, n_rings, n_sectors):
     got = ring_sector_index(h, w_half, n_rings, n_sectors)
     assert got.dtype == torch.int64 and got.shape == (h, w_half)
     np.testing.assert_array_equal(got.numpy(), reference_index(h, w_half, n_rings, n_sectors))
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (37, 44), (64, 64), (2, 2), (9, 7)])
+def test_index_with_width_matches_definition_and_is_hermitian(h, w):
+    got = ring_sector_index(h, w // 2 + 1, 4, 6, w=w).numpy()
+    np.testing.assert_array_equal(got, reference_index(h, w // 2 + 1, 4, 6, w=w))
+    # Self-mirrored columns (0, and W/2 for even W): conjugates fu, -fu share a bin.
+    for col in ([0, w // 2] if w % 2 == 0 else [0]):
+        for fu in range(1, h):
+            assert got[fu, col] == got[(h - fu) % h, col], (fu, col)
+    with pytest.raises(ValueError, match="w_half"):
+        ring_sector_index(h, w // 2 + 2, 4, 6, w=w)
 
 
 def test_index_properties():

@@ -175,3 +175,29 @@ def test_training_after_calibration_in_the_same_process(tmp_path, data):
     x = torch.rand(2, 1, 40, 40)
     rhm_loss(m(x), x).backward()
     assert all(p.grad is not None for p in m.parameters())
+
+
+def test_validation_excludes_index_images_by_content(tmp_path, data):
+    """A held-out dir that contains a training image under another name must not retrieve
+    that image as its own neighbour (its SSIM would be exactly 1)."""
+    import frerec_fast as ff
+    from frerec_fast.training.data import load_images
+    from frerec_fast.training.train import _self_positions
+
+    train, _ = data
+    index = ff.build_index(train, tmp_path / "idx", progress=False)
+    src = train / index.keys[3]
+    val = tmp_path / "val" / "renamed"
+    val.mkdir(parents=True)
+    shutil.copy(src, val / "other_name.png")
+    images = load_images(tmp_path / "val", index.config.work_size, index.config.channels)
+    pos = _self_positions(index, images)
+    assert pos.tolist() == [3]
+    nb = index.neighbours(images.images, k=2, exclude=pos)
+    assert 3 not in nb.ids.tolist()[0] and float(nb.scores.max()) < 1.0
+
+
+def test_tiny_batches_refused_clearly(tmp_path, data):
+    train, _ = data
+    with pytest.raises(ValueError, match="BatchNorm"):
+        train_rhm(train, tmp_path / "r", epochs=1, **{**ARGS, "batch_size": 1, "crop": 8})

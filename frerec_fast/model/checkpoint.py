@@ -117,8 +117,19 @@ def load_rhm(path: str | os.PathLike, device: str | torch.device = "cpu") -> RHM
     try:
         config = RHMConfig.from_dict(meta["config"])
         state = st_load(blob)
+        from safetensors import safe_open
+        with safe_open(str(ws), framework="pt") as f:
+            inner = (f.metadata() or {}).get("config")
     except Exception as e:  # bad config values or an unreadable safetensors header
         raise CheckpointError(f"cannot load RHM checkpoint {ws}: {e}") from e
+    # The checksum covers the weights (and the config saved inside them), not the sidecar:
+    # a sidecar whose sizes were edited (n_rings, say, changes no weight shape) would
+    # silently build another model. The dft mode is a run-time choice, not the model's.
+    if inner is not None:
+        saved = RHMConfig.from_dict(json.loads(inner))
+        if saved.replace(dft=config.dft) != config:
+            raise CheckpointError(f"{js}: its config {config.to_dict()} differs from the one "
+                                  f"saved inside {ws.name} ({saved.to_dict()})")
     model = RHM(config)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -129,8 +129,10 @@ class FrequencyBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        re, im = _dft.rfft2(x, self.dft)                                   # [B, C, H, Wh]
-        idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device)
+        # float32 whatever the autocast dtype: cuFFT has no bf16 and does fp16 only for
+        # power-of-two sizes.
+        re, im = _dft.rfft2(x.float(), self.dft)                           # [B, C, H, Wh]
+        idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device, w=w)
         n_bins = self.n_rings * self.n_sectors
         if self.backend == "torch" or _graph_capture(x):
             pool_amplitude, scatter = _TORCH_OPS

@@ -22,6 +22,8 @@ w_half = w // 2 + 1:
   axial angle over [0, pi) equals binning the full fft2 spectrum over [0, 2pi) with each
   sector merged with its opposite. It also gives conjugate pairs of the fv = 0 column
   (fu and -fu) the same bin, so the mask built from it keeps that column Hermitian.
+  For an even width the last column (fv = W/2) is self-mirrored too: given ``w``,
+  its frequencies are binned by the angle of (|fu|, W/2), keeping it Hermitian as well.
   DC (0, 0) has phi = 0: sector 0, ring 0.
 - bin = sector * n_rings + ring, so the pooled vector reshapes to [n_sectors, n_rings].
 """
@@ -38,7 +40,8 @@ _TIE_EPS = 1e-9
 
 
 @functools.lru_cache(maxsize=64)
-def _index_numpy(h: int, w_half: int, n_rings: int, n_sectors: int) -> np.ndarray:
+def _index_numpy(h: int, w_half: int, n_rings: int, n_sectors: int,
+                 nyquist: bool = False) -> np.ndarray:
     fu = (np.fft.fftfreq(h) * h).round().astype(np.int64)[:, None]       # [h, 1]
     fv = np.arange(w_half, dtype=np.int64)[None, :]                       # [1, w_half]
     r2 = fu * fu + fv * fv                                                # [h, w_half] exact
@@ -52,7 +55,14 @@ def _index_numpy(h: int, w_half: int, n_rings: int, n_sectors: int) -> np.ndarra
         ring -= ring * ring > q                   # one integer correction step each way
         ring += (ring + 1) * (ring + 1) <= q
         ring = np.minimum(ring, n_rings - 1)
-    phi = np.mod(np.arctan2(fu.astype(np.float64), fv.astype(np.float64)), np.pi)
+    fu_angle = np.broadcast_to(fu, r2.shape).astype(np.float64)
+    if nyquist:
+        # Even W: the stored column W/2 is its own mirror, (fu, W/2) ~ (-fu, -W/2), so its
+        # conjugate pairs (fu, W/2) and (-fu, W/2) must share a bin for the mask to stay
+        # Hermitian; |fu| gives both the axial angle of (|fu|, W/2).
+        fu_angle = fu_angle.copy()
+        fu_angle[:, -1] = np.abs(fu_angle[:, -1])
+    phi = np.mod(np.arctan2(fu_angle, np.broadcast_to(fv, r2.shape).astype(np.float64)), np.pi)
     sector = np.floor(n_sectors * phi / np.pi + _TIE_EPS).astype(np.int64)
     sector = np.clip(sector, 0, n_sectors - 1)
     out = sector * n_rings + ring
@@ -61,22 +71,30 @@ def _index_numpy(h: int, w_half: int, n_rings: int, n_sectors: int) -> np.ndarra
 
 
 def ring_sector_index(h: int, w_half: int, n_rings: int = 16, n_sectors: int = 32,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+                      device: torch.device | str | None = None, *,
+                      w: int | None = None) -> torch.Tensor:
     """Bin id of each rfft2 frequency (definition in the module docstring).
 
+    w: the signal's width, when known (FESA passes it). For an even w the last stored
+    column (W/2) bins each frequency by its |fu|, so that conjugate pairs in that column
+    share a bin, as they do in column 0. Without w (or for odd w) the plain definition.
     Returns: [h, w_half] int64, values in [0, n_sectors * n_rings). Cached per size and
     device, so callers may use it every forward; do not modify it in place.
     """
     if h < 1 or w_half < 1 or n_rings < 1 or n_sectors < 1:
         raise ValueError(f"bad ring_sector_index sizes h={h} w_half={w_half} "
                          f"n_rings={n_rings} n_sectors={n_sectors}")
+    if w is not None and w // 2 + 1 != w_half:
+        raise ValueError(f"ring_sector_index: w={w} does not give w_half={w_half}")
+    nyquist = w is not None and w % 2 == 0 and w >= 2
     return _index_torch(int(h), int(w_half), int(n_rings), int(n_sectors),
-                        str(torch.device(device or "cpu")))
+                        str(torch.device(device or "cpu")), nyquist)
 
 
 @functools.lru_cache(maxsize=128)
-def _index_torch(h: int, w_half: int, n_rings: int, n_sectors: int, device: str) -> torch.Tensor:
-    return real_constant(_index_numpy(h, w_half, n_rings, n_sectors), torch.int64, device)
+def _index_torch(h: int, w_half: int, n_rings: int, n_sectors: int, device: str,
+                 nyquist: bool = False) -> torch.Tensor:
+    return real_constant(_index_numpy(h, w_half, n_rings, n_sectors, nyquist), torch.int64, device)
 
 
 def _check(x: torch.Tensor, index_map: torch.Tensor, name: str) -> None:

@@ -108,6 +108,9 @@ def load_state(stem: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ResumeError(f"cannot read {js}: {e}") from e
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ResumeError(f"{js}: not a version-{VERSION} training state")
+    if not all(isinstance(meta.get(k), (dict, list)) for k in ("sha256", "optim_scalars",
+                                                               "param_groups")):
+        raise ResumeError(f"{js}: incomplete training state (missing checksums or optimizer fields)")
     for path, key in ((ts, "state"), (ws, "model_weights"), (wj, "model_json")):
         if not path.is_file() or _sha(path) != meta["sha256"][key]:
             raise ResumeError(f"{path}: missing or does not match {js.name} (interrupted save?)")

@@ -94,13 +94,24 @@ def _open_index(src, out: Path, real_dir, progress: bool) -> tuple[RealIndex, Pa
 def _self_positions(index: RealIndex, images: ImageSet) -> torch.Tensor:
     """Index position of each image when it is the same file as an index entry, else -1.
 
-    Same key and same file hash: so a validation directory that overlaps the training
-    index still never retrieves an image as its own neighbour (SPEC 4). Returns: [N] int64.
+    Matched by file content (SHA-256), whatever its name or folder, so a validation
+    directory that overlaps the training index never retrieves an image as its own
+    neighbour (SPEC 4). A file indexed twice under two names matches its first entry;
+    for NIfTI slices (one file, many keys) the key must match too.
+    Returns: [N] int64.
     """
+    first: dict[str, int] = {}
+    for i, digest in enumerate(index.hashes):
+        first.setdefault(digest, i)
     pos = []
     for key, digest in zip(images.keys, images.hashes):
         p = index.position(key)
-        pos.append(p if p >= 0 and index.hashes[p] == digest else -1)
+        if p >= 0 and index.hashes[p] == digest:
+            pos.append(p)
+        elif "#z=" not in key and digest in first:
+            pos.append(first[digest])
+        else:
+            pos.append(-1)
     return torch.tensor(pos, dtype=torch.long)
 
 
@@ -178,6 +189,12 @@ def _resume_point(out: Path, train_cfg: dict, model_cfg: RHMConfig, dhash: str):
         if diffs:
             raise st.ResumeError(f"{out}: cannot resume epoch {epoch} with different settings "
                                  f"(use a new output directory or the saved ones): " + "; ".join(diffs))
+        saved_threads = meta["train_config"].get("num_threads")
+        if train_cfg["device"] == "cpu" and saved_threads != train_cfg["num_threads"]:
+            log.warning("resume: %s CPU threads now, %s when saved: float sums may be ordered "
+                        "differently, so the result will not be bit-identical to an "
+                        "uninterrupted run (pass --threads %s for that)",
+                        train_cfg["num_threads"], saved_threads, saved_threads)
         if meta["train_config"].get("epochs") != train_cfg["epochs"]:
             log.warning("resume: epochs %s -> %s changes the cosine schedule; the result will "
                         "differ from an uninterrupted run", meta["train_config"].get("epochs"),
@@ -248,6 +265,10 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
     crop = _pair(crop) if crop is not None else tuple(icfg.work_size)
     if crop[0] > icfg.work_size[0] or crop[1] > icfg.work_size[1] or min(crop) < 1:
         raise ValueError(f"crop {crop} must fit in the working size {tuple(icfg.work_size)}")
+    if min(batch_size, len(index)) * -(-crop[0] // 8) * -(-crop[1] // 8) < 2:
+        raise ValueError(f"batch {batch_size} of {crop[0]}x{crop[1]} crops leaves one value per "
+                         f"channel at the 1/8-size level, where FESA's BatchNorm needs two: "
+                         f"use batch_size >= 2 or crops larger than 8x8")
     config = (config or RHMConfig()).replace(in_channels=icfg.channels)
     train = load_images(image_root, icfg.work_size, icfg.channels, keys=index.keys)
     if train.hashes != list(index.hashes):
@@ -270,7 +291,9 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                  "num_threads": torch.get_num_threads()}
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # Only the CPU generator (the one fork_rng restores): torch.manual_seed would also
+        # reseed every CUDA generator of the caller.
+        torch.random.default_generator.manual_seed(seed)
         model = RHM(config)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
