@@ -1,10 +1,53 @@
 """Decoding and encoding of image files (the two ends of the pipeline).
 
-Intensities map to float32 in [0, 1]: 8-bit / 255, 16-bit / 65535 (SPEC notation).
+Intensities map to float32 in [0, 1] by a fixed rule per stored type, and the writer
+applies the inverse, so an image passed through unchanged is written back with the same
+stored values (for DICOM see below):
+
+- 8-bit (PNG, JPEG, TIFF, BMP): v / 255.
+- 16-bit unsigned (grey PNG, TIFF): v / 65535.
+- 16-bit signed TIFF: (v + 32768) / 65535, written back as int16.
+- 32-bit signed TIFF: v / 65535, only for values in 0..65535 (others are refused),
+  written back as int32.
+- 32-bit float TIFF: as is, only for values in [0, 1]; written back as float32.
+- Refused with ImageReadError: 16-bit colour (RGB/RGBA/grey+alpha) PNG and TIFF (Pillow
+  decodes them to 8 bits and cannot write them; a 16-bit colour PNG is recognised from
+  its IHDR, not from Pillow's mode), unsigned 32-bit and signed 8-bit TIFF (Pillow cannot
+  write them back), float TIFF other than 32-bit, and multi-frame files (multi-page TIFF,
+  animated PNG/GIF). An MPO file (a phone JPEG with an embedded preview) is its first
+  frame and is written back as a plain JPEG.
+- Converted, not refused: the alpha channel of LA/RGBA/PA images is dropped (not
+  composited onto a background); palette images become RGB (or L when the palette is
+  grey); 1-, 2- and 4-bit images become 8-bit L; CMYK/YCbCr/LAB/HSV become RGB. The
+  output is written in the converted mode.
+- Metadata: EXIF (with its Orientation tag), ICC profile and DPI of PNG and JPEG sources
+  are written into the output; the pixels are processed as stored, so an image rotated
+  by its EXIF Orientation displays the same way. An ICC profile whose colour space does
+  not match the output (e.g. CMYK source written as RGB) is dropped. TIFF: Pillow applies
+  the Orientation tag on reading, so the output is stored upright without the tag; the
+  ICC profile, resolution (X/Y resolution and unit) and the descriptive tags (image
+  description, make, model, software, date/time, artist, copyright) are carried; the
+  EXIF sub-IFD is not. The output is written uncompressed (TIFF) or at JPEG quality 95
+  without chroma subsampling.
+
 DICOM applies its rescale slope/intercept, then its own window (centre/width) when
-the file has one, else the min-max of the pixel data. NIfTI volumes are split into
-2-D slices along the last axis, each keyed ``file.nii.gz#z=0007``, scaled by the
-min-max of the whole volume so that slices of one volume stay comparable.
+the file has one, else the min-max of the pixel data; values outside the window read
+as 0 or 1. On writing, pixels whose stored value lay outside the window keep their
+original stored value (the pipeline only saw them clipped); the others are mapped back
+through the window and the inverse rescale to the stored type, clipped to its range and
+to BitsStored. Every header element is kept; compressed pixel data is written
+uncompressed (Explicit VR Little Endian).
+
+NIfTI volumes are split into 2-D slices along the last axis, each keyed
+``file.nii.gz#z=0007``, scaled by the min-max of the whole volume so that slices of one
+volume stay comparable; they are written back as one float32 volume with the source's
+affine and header, values mapped back through that min-max.
+
+Every decoding problem of a file (including images over Pillow's decompression-bomb
+limit of about 179 Mpx) raises ImageReadError naming the file and the reason; a
+missing optional reader (pydicom, nibabel) raises ImportError with the install hint.
+Outputs are written atomically: temp file beside the target, fsync, rename, then an
+fsync of the directory (best effort) so that the rename itself is durable.
 """
 from __future__ import annotations
 
@@ -25,6 +68,13 @@ NIFTI_EXTS = (".nii", ".nii.gz")
 SUPPORTED_EXTS = PIL_EXTS + DICOM_EXTS + NIFTI_EXTS
 # Temp files of interrupted atomic writes end with this; a resumed run removes them.
 TMP_SUFFIX = ".frerec-tmp"
+# Pillow format names -> the format an output is written in (MPO: the first frame of a
+# phone JPEG, written as a plain JPEG).
+_OUT_FORMAT = {"JPG": "JPEG", "TIF": "TIFF", "MPO": "JPEG"}
+# TIFF tags carried from source to output besides the ICC profile: resolution and the
+# descriptive tags. Orientation is not among them: Pillow applies it on reading.
+_TIFF_KEEP = (270, 271, 272, 282, 283, 296, 305, 306, 315, 33432)
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageReadError(ValueError):
@@ -36,6 +86,10 @@ class Decoded:
     """One decoded 2-D image.
 
     pixels: [C, H, W] float32 in [0, 1], C in {1, 3}.
+    meta: what the writer needs to encode like the source: for Pillow formats "mode"
+    (Pillow's mode of the source), "dtype" (stored sample type: uint8, uint16, int16,
+    int32, float32) and, when present, "exif", "icc_profile", "dpi", "tiff_tags";
+    DICOM "window" (lo, hi); NIfTI "slice" and "range" (lo, hi).
     """
     key: str
     pixels: np.ndarray
@@ -78,46 +132,142 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _first(v, default=None):
+    if v is None:
+        return default
+    return v[0] if isinstance(v, tuple) else v
+
+
+def _tiff_dtype(path: Path, im) -> str:
+    """The stored sample type of a TIFF, or ImageReadError for types that cannot be
+    decoded at full precision or written back."""
+    tags = im.tag_v2
+    bits = tags.get(258, (1,))
+    bits = tuple(bits) if isinstance(bits, tuple) else (bits,)
+    samples = int(_first(tags.get(277), 1))
+    kind = {1: "uint", 2: "int", 3: "float"}.get(int(_first(tags.get(339), 1)))
+    if samples > 1 and max(bits) > 8:
+        raise ImageReadError(f"{path}: 16-bit colour PNG/TIFF is not supported: this TIFF has "
+                             f"{samples} samples of {max(bits)} bits (Pillow would reduce them to "
+                             f"8 bits); convert it to 16-bit grayscale or 8-bit colour")
+    if kind is None:
+        raise ImageReadError(f"{path}: TIFF sample format {tags.get(339)} is not supported")
+    b = max(bits)
+    if b < 8 and kind == "uint":
+        return "uint8"  # 1/2/4-bit: read and written as 8-bit L
+    dtype = f"{kind}{b}"
+    if dtype not in ("uint8", "uint16", "int16", "int32", "float32"):
+        raise ImageReadError(f"{path}: {dtype} TIFF is not supported (it cannot be written back "
+                             f"in its own type; supported: uint8, uint16, int16, int32, float32)")
+    return dtype
+
+
+def _png_ihdr(fh) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR, or None if ``fh`` is not a PNG."""
+    head = fh.read(26)
+    fh.seek(0)
+    if len(head) < 26 or head[:8] != _PNG_SIG or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
 def _from_pil(path: Path, key: str) -> Decoded:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
-            mode = im.mode
-            fmt = (im.format or _ext(path).lstrip(".")).upper()
-            if mode in ("1", "L", "P", "LA", "PA", "RGBA", "RGB", "CMYK", "YCbCr", "LAB", "HSV"):
-                arr = np.asarray(im.convert("L" if mode in ("1", "L", "LA") else "RGB"),
-                                 dtype=np.float32) / 255.0
-                if mode in ("P", "PA") and (arr[..., 0] == arr[..., 1]).all() \
-                        and (arr[..., 1] == arr[..., 2]).all():
-                    arr = arr[..., 0]  # a grey palette is a grayscale image
-                depth = 8
-            elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                raw = np.asarray(im)
-                if raw.dtype != np.uint16 and (raw.min() < 0 or raw.max() > 65535):
-                    raise ImageReadError(f"{path}: 32-bit integer image with values outside "
-                                         f"0..65535 is not supported")
-                arr = raw.astype(np.float32) / 65535.0
-                depth = 16
-            elif mode == "F":
-                # np.array copies: asarray would be a read-only view of Pillow's buffer,
-                # which torch.from_numpy warns about (and must not be written through).
-                arr = np.array(im, dtype=np.float32)
-                if arr.min() < 0 or arr.max() > 1:
-                    raise ImageReadError(f"{path}: float image with values outside [0, 1]")
-                depth = 32
-            else:
-                raise ImageReadError(f"{path}: unsupported image mode {mode!r}")
+        # From an open file, not a path: Pillow memory-maps uncompressed files opened by
+        # name, and its mapped path decodes a TIFF with Orientation 5-8 wrongly (Pillow 13).
+        with open(path, "rb") as fh:
+            ihdr = _png_ihdr(fh)
+            with Image.open(fh) as im:
+                fmt = (im.format or _ext(path).lstrip(".")).upper()
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1 and fmt != "MPO":
+                    raise ImageReadError(f"{path}: {frames} frames; multi-frame images are not "
+                                         f"supported")
+                if fmt == "PNG" and ihdr is not None and ihdr[0] == 16 and ihdr[1] in (2, 4, 6):
+                    what = {2: "RGB", 4: "grey+alpha", 6: "RGBA"}[ihdr[1]]
+                    raise ImageReadError(f"{path}: 16-bit colour PNG/TIFF is not supported: "
+                                         f"this is a 16-bit {what} PNG (Pillow would reduce it "
+                                         f"to 8 bits); convert it to 16-bit grayscale or 8-bit "
+                                         f"colour")
+                dtype = _tiff_dtype(path, im) if fmt == "TIFF" else None
+                im.load()
+                arr, depth, dtype, out_mode = _pil_pixels(path, im, dtype)
+                meta = _pil_meta(im, fmt, out_mode)
+                meta.update(mode=im.mode, dtype=dtype)
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: image too large to decode safely ({e})") from e
     except UnidentifiedImageError as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from e
-    except OSError as e:
-        raise ImageReadError(f"{path}: cannot decode ({e})") from e
+    except Exception as e:  # OSError, SyntaxError, ValueError, MemoryError, ... from decoders
+        raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
     if arr.ndim == 2:
         arr = arr[None]
     else:
         arr = np.ascontiguousarray(arr.transpose(2, 0, 1))
-    return Decoded(key, arr, fmt, depth, {"mode": mode})
+    return Decoded(key, arr, _OUT_FORMAT.get(fmt, fmt), depth, meta)
+
+
+def _pil_pixels(path: Path, im, dtype: str | None):
+    """(array [H, W] or [H, W, 3] float32 in [0, 1], bit depth, stored dtype, output mode)."""
+    mode = im.mode
+    if mode in ("1", "L", "P", "LA", "PA", "RGBA", "RGB", "CMYK", "YCbCr", "LAB", "HSV"):
+        out_mode = "L" if mode in ("1", "L", "LA") else "RGB"
+        arr = np.asarray(im.convert(out_mode), dtype=np.float32) / 255.0
+        if mode in ("P", "PA") and (arr[..., 0] == arr[..., 1]).all() \
+                and (arr[..., 1] == arr[..., 2]).all():
+            arr, out_mode = arr[..., 0], "L"  # a grey palette is a grayscale image
+        return arr, 8, "uint8", out_mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        raw = np.asarray(im)
+        if dtype == "int16":
+            return (raw.astype(np.float32) + 32768.0) / 65535.0, 16, dtype, "L"
+        if raw.dtype != np.uint16 and (raw.min() < 0 or raw.max() > 65535):
+            raise ImageReadError(f"{path}: 32-bit integer image with values outside "
+                                 f"0..65535 is not supported")
+        dtype = dtype if dtype in ("uint16", "int32") else "uint16"
+        return raw.astype(np.float32) / 65535.0, 16, dtype, "L"
+    if mode == "F":
+        # np.array copies: asarray would be a read-only view of Pillow's buffer,
+        # which torch.from_numpy warns about (and must not be written through).
+        arr = np.array(im, dtype=np.float32)
+        if arr.min() < 0 or arr.max() > 1:
+            raise ImageReadError(f"{path}: float image with values outside [0, 1]")
+        return arr, 32, "float32", "L"
+    raise ImageReadError(f"{path}: unsupported image mode {mode!r}")
+
+
+def _icc_matches(icc: bytes, out_mode: str) -> bool:
+    """Whether an ICC profile's data colour space (header bytes 16-19) fits the output."""
+    space = bytes(icc[16:20]) if len(icc) >= 20 else b""
+    return space == (b"GRAY" if out_mode == "L" else b"RGB ")
+
+
+def _pil_meta(im, fmt: str, out_mode: str) -> dict:
+    """Metadata of a Pillow source to write into the output (see the module docstring)."""
+    meta: dict = {}
+    icc = im.info.get("icc_profile")
+    if icc and _icc_matches(icc, out_mode):
+        meta["icc_profile"] = bytes(icc)
+    if fmt == "TIFF":
+        tags = {k: (im.tag_v2[k], im.tag_v2.tagtype.get(k)) for k in _TIFF_KEEP if k in im.tag_v2}
+        if tags:
+            meta["tiff_tags"] = tags
+        return meta
+    exif = im.info.get("exif")
+    if not exif:
+        # EXIF kept elsewhere: a PNG "Raw profile type exif" text chunk, or only an XMP
+        # Orientation; Pillow's getexif() reads both.
+        found = im.getexif()
+        exif = found.tobytes() if len(found) else None
+    if exif:
+        meta["exif"] = bytes(exif)
+    if im.info.get("dpi"):
+        meta["dpi"] = tuple(float(v) for v in im.info["dpi"])
+    return meta
 
 
 def _from_dicom(path: Path, key: str) -> Decoded:
@@ -155,6 +305,8 @@ def _from_nifti(path: Path, rel: str) -> Iterator[Decoded]:
         vol = vol[..., None]
     if vol.ndim != 3:
         raise ImageReadError(f"{path}: NIfTI of shape {vol.shape} is not 2-D or 3-D")
+    if vol.size == 0:
+        raise ImageReadError(f"{path}: NIfTI volume of shape {vol.shape} is empty (no pixels)")
     lo, hi = float(vol.min()), float(vol.max())
     scaled = np.clip((vol - lo) / max(hi - lo, 1e-12), 0, 1).astype(np.float32)
     for z in range(scaled.shape[2]):
@@ -165,21 +317,27 @@ def _from_nifti(path: Path, rel: str) -> Iterator[Decoded]:
 def read_images(root: str | os.PathLike, rel: str) -> list[Decoded]:
     """Decode one file into its 2-D images (one, or one per NIfTI slice).
 
-    Raises ImageReadError naming the file on any problem.
+    Raises ImageReadError naming the file on any problem (ImportError when the optional
+    reader of its format is not installed).
     """
     path = Path(root) / rel
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     ext = _ext(path)
-    if ext in PIL_EXTS:
-        out = [_from_pil(path, rel)]
-    elif ext in DICOM_EXTS:
-        out = [_from_dicom(path, rel)]
-    elif ext in NIFTI_EXTS:
-        out = list(_from_nifti(path, rel))
-    else:
-        raise ImageReadError(f"{path}: unsupported file type {ext!r} "
-                             f"(supported: {', '.join(SUPPORTED_EXTS)})")
+    try:
+        if ext in PIL_EXTS:
+            out = [_from_pil(path, rel)]
+        elif ext in DICOM_EXTS:
+            out = [_from_dicom(path, rel)]
+        elif ext in NIFTI_EXTS:
+            out = list(_from_nifti(path, rel))
+        else:
+            raise ImageReadError(f"{path}: unsupported file type {ext!r} "
+                                 f"(supported: {', '.join(SUPPORTED_EXTS)})")
+    except (ImageReadError, ImportError):
+        raise
+    except Exception as e:  # any other decoder failure still names the file
+        raise ImageReadError(f"{path}: cannot decode ({type(e).__name__}: {e})") from e
     for d in out:
         if d.pixels.shape[0] not in (1, 3):
             raise ImageReadError(f"{path}: {d.pixels.shape[0]} channels (expected 1 or 3)")
@@ -216,8 +374,24 @@ def write_png(path: str | os.PathLike, pixels: np.ndarray, bit_depth: int = 8) -
     Image.fromarray(arr).save(path, format="PNG")
 
 
+def _fsync_dir(d: Path) -> None:
+    """fsync a directory so that a rename in it is durable; best effort (some
+    filesystems and platforms refuse to open or fsync a directory)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_save(out: Path, save) -> None:
-    """Write through ``save(fileobj)`` to a temp file beside ``out``, fsync, rename."""
+    """Write through ``save(fileobj)`` to a temp file beside ``out``, fsync, rename,
+    fsync the directory."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent)
     try:
@@ -231,31 +405,59 @@ def _atomic_save(out: Path, save) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(out.parent)
 
 
 def write_like(src: Decoded, pixels: np.ndarray, out: str | os.PathLike,
                src_path: str | os.PathLike | None = None) -> None:
-    """Encode ``pixels`` ([C, H, W] float in [0, 1]) in the source's format and bit depth,
-    atomically (temp file, fsync, rename).
+    """Encode ``pixels`` ([C, H, W] float in [0, 1]) in the source's format and stored
+    type, atomically (temp file, fsync, rename, fsync of the directory).
 
-    PNG/TIFF/BMP keep 8 or 16 bits (sources with alpha or a palette are written as
-    L or RGB); JPEG is written at quality 95 without chroma subsampling; float TIFF
-    stays float32. DICOM keeps every header element and gets new pixel data mapped
-    back through its window (values outside the window were clipped on reading) and
-    written uncompressed. NIfTI volumes are written by ``write_nifti_like``.
+    PNG/TIFF/BMP keep their stored type (sources with alpha or a palette are written as
+    L or RGB); JPEG (and MPO) is written as JPEG at quality 95 without chroma
+    subsampling; EXIF, ICC profile and DPI are carried over (see the module docstring).
+    DICOM keeps every header element and gets new pixel data mapped back through its
+    window; stored values that were outside the window are kept (``src_path`` is the
+    source file). NIfTI volumes are written by ``write_nifti_like``.
     """
     out = Path(out)
     if src.fmt == "DICOM":
         _atomic_save(out, lambda fh: _dicom_like(src, pixels, src_path, fh))
         return
-    from PIL import Image
+    from PIL import Image, TiffImagePlugin
 
-    pil_fmt = {"JPG": "JPEG", "TIF": "TIFF"}.get(src.fmt, src.fmt)
-    if src.bit_depth == 32:
-        img = Image.fromarray(np.clip(pixels[0], 0, 1).astype(np.float32), mode="F")
+    pil_fmt = _OUT_FORMAT.get(src.fmt, src.fmt)
+    dtype = src.meta.get("dtype") or {32: "float32", 16: "uint16"}.get(src.bit_depth, "uint8")
+    kwargs: dict = {}
+    tiff_tags = dict(src.meta.get("tiff_tags", {}))
+    if dtype == "float32":
+        img = Image.fromarray(np.clip(pixels[0], 0, 1).astype(np.float32))
+    elif dtype == "int16":
+        if pil_fmt != "TIFF":
+            raise ValueError(f"int16 samples can only be written as TIFF, not {pil_fmt}")
+        q = (to_uint(pixels[:1], 16).astype(np.int32) - 32768).astype("<i2")
+        # Pillow has no signed 16-bit mode: write the bits as I;16, flagged signed.
+        img = Image.frombytes("I;16", (q.shape[1], q.shape[0]), q.view("<u2").tobytes())
+        tiff_tags[339] = (2, 3)  # SampleFormat = signed integer (SHORT)
+    elif dtype == "int32":
+        img = Image.fromarray(to_uint(pixels[:1], 16).astype(np.int32))
     else:
-        img = Image.fromarray(to_uint(pixels, 16 if src.bit_depth == 16 else 8))
-    kwargs = {"quality": 95, "subsampling": 0} if pil_fmt == "JPEG" else {}
+        img = Image.fromarray(to_uint(pixels, 16 if dtype == "uint16" else 8))
+    if pil_fmt == "JPEG":
+        kwargs.update(quality=95, subsampling=0)
+    if pil_fmt in ("PNG", "JPEG", "TIFF") and src.meta.get("icc_profile"):
+        kwargs["icc_profile"] = src.meta["icc_profile"]
+    if pil_fmt in ("PNG", "JPEG") and src.meta.get("exif"):
+        kwargs["exif"] = src.meta["exif"]
+    if pil_fmt in ("PNG", "JPEG", "BMP") and src.meta.get("dpi"):
+        kwargs["dpi"] = src.meta["dpi"]
+    if pil_fmt == "TIFF" and tiff_tags:
+        ifd = TiffImagePlugin.ImageFileDirectory_v2()
+        for tag, (value, tagtype) in tiff_tags.items():
+            ifd[tag] = value
+            if tagtype is not None:
+                ifd.tagtype[tag] = tagtype
+        kwargs["tiffinfo"] = ifd
     _atomic_save(out, lambda fh: img.save(fh, format=pil_fmt, **kwargs))
 
 
@@ -263,16 +465,30 @@ def _dicom_like(src: Decoded, pixels: np.ndarray, src_path, fh) -> None:
     pydicom = optional_import("pydicom", "writing DICOM files")
     from pydicom.uid import ExplicitVRLittleEndian
 
+    if src_path is None:
+        raise ValueError("writing DICOM needs src_path, the source file (its header is copied)")
     ds = pydicom.dcmread(str(src_path))
     raw = ds.pixel_array
+    if raw.shape != pixels.shape[1:]:
+        raise ValueError(f"{src_path}: pixel data {raw.shape} does not match the image "
+                         f"{pixels.shape[1:]} (was the source changed?)")
     lo, hi = src.meta["window"]
-    value = lo + np.clip(pixels[0].astype(np.float64), 0, 1) * (hi - lo)
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     inter = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    value = lo + np.clip(pixels[0].astype(np.float64), 0, 1) * (hi - lo)
     stored = np.rint((value - inter) / slope)
-    info = np.iinfo(raw.dtype) if raw.dtype.kind in "iu" else None
-    if info is not None:
-        stored = np.clip(stored, info.min, info.max)
+    if raw.dtype.kind in "iu":
+        info = np.iinfo(raw.dtype)
+        bits = int(getattr(ds, "BitsStored", 0) or 0)
+        smin, smax = info.min, info.max
+        if 0 < bits < info.bits:
+            smin, smax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if info.min < 0 \
+                else (0, (1 << bits) - 1)
+        stored = np.clip(stored, smin, smax)
+    # Values outside the window were read as 0 or 1 (clipped): whatever the pipeline
+    # made of them, it never saw their value, so they keep the one stored.
+    orig = raw.astype(np.float64) * slope + inter
+    stored = np.where((orig < lo) | (orig > hi), raw, stored)
     ds.PixelData = stored.astype(raw.dtype).tobytes()
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -280,7 +496,7 @@ def _dicom_like(src: Decoded, pixels: np.ndarray, src_path, fh) -> None:
 
 
 def atomic_write_bytes(dst: str | os.PathLike, data: bytes) -> None:
-    """Write a file atomically (temp file beside it, fsync, rename)."""
+    """Write a file atomically (temp file beside it, fsync, rename, fsync of the directory)."""
     _atomic_save(Path(dst), lambda fh: fh.write(data))
 
 
