@@ -125,3 +125,60 @@ def check_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Te
                          f"{tuple(index_map.shape)} as [B, C, H, Wh]")
     if not re.is_floating_point():
         raise TypeError(f"{name}: re/im must be real float tensors, got {re.dtype}")
+
+
+def native(t: torch.Tensor) -> torch.Tensor:
+    """float32/float64 as is; half precisions computed in float32 (cast back by callers)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def ring_autograd(pool, scatter, amplitude_bwd):
+    """The autograd Functions (RingPool, RingScatter, RingPoolAmplitude) of a compiled
+    ring-pooling backend, from its three kernels; the C++ and CUDA backends share them.
+
+    pool(re, im, plan, amplitude, mean) -> [B, n_bins]  (re, im: [B, C, H, Wh])
+    scatter(values, plan, div_count) -> [B, H, Wh]
+    amplitude_bwd(grad, re, im, plan) -> (g_re, g_im)
+    All take float32/float64; half-precision inputs are computed in float32.
+    """
+
+    class RingPool(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, amplitude, plan):
+            ctx.plan, ctx.in_dtype = plan, amplitude.dtype
+            a4 = native(amplitude).unsqueeze(1)                     # [B, 1, H, Wh], a view
+            return pool(a4, a4, plan, False, True).to(amplitude.dtype)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            return scatter(native(grad), ctx.plan, True).to(ctx.in_dtype), None
+
+    class RingScatter(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, values, plan):
+            ctx.plan, ctx.in_dtype = plan, values.dtype
+            return scatter(native(values), plan, False).to(values.dtype)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            g4 = native(grad).unsqueeze(1)                           # [B, 1, H, Wh]
+            return pool(g4, g4, ctx.plan, False, False).to(ctx.in_dtype), None
+
+    class RingPoolAmplitude(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, re, im, plan):
+            ctx.plan = plan
+            ctx.save_for_backward(re, im)
+            return pool(native(re), native(im), plan, True, True).to(re.dtype)
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, grad):
+            re, im = ctx.saved_tensors
+            nre, nim = native(re), native(im)
+            g_re, g_im = amplitude_bwd(grad.to(nre.dtype), nre, nim, ctx.plan)
+            return g_re.to(re.dtype), g_im.to(im.dtype), None
+
+    return RingPool, RingScatter, RingPoolAmplitude

@@ -23,17 +23,14 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .ring_plan import RingPlan, check_pool, check_pool_amplitude, check_scatter, ring_plan
+from .ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter, native,
+                        ring_autograd, ring_plan)
 
 
 def _check_cpu(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cpu":
         raise ValueError(f"{name}: the cpp backend needs CPU tensors, got {t.device} "
                          f"(use backend='cuda' or 'triton' on a GPU)")
-
-
-def _native(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _pool(re: torch.Tensor, im: torch.Tensor, plan: RingPlan, amplitude: bool,
@@ -49,48 +46,13 @@ def _scatter(values: torch.Tensor, plan: RingPlan, div_count: bool) -> torch.Ten
                                        plan.wh, div_count)
 
 
-class _RingPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, amplitude, plan):
-        ctx.plan, ctx.in_dtype = plan, amplitude.dtype
-        a4 = _native(amplitude).unsqueeze(1)                        # [B, 1, H, Wh], a view
-        return _pool(a4, a4, plan, amplitude=False, mean=True).to(amplitude.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return _scatter(_native(grad), ctx.plan, div_count=True).to(ctx.in_dtype), None
+def _amplitude_bwd(grad: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan: RingPlan):
+    """grad: [B, n_bins]; re, im: [B, C, H, Wh] CPU (same dtype). Returns g_re, g_im."""
+    return _ext.ext().ring_pool_amplitude_bwd_cpu(grad.contiguous(), re, im, plan.index,
+                                                  plan.offsets)
 
 
-class _RingScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, plan):
-        ctx.plan, ctx.in_dtype = plan, values.dtype
-        return _scatter(_native(values), plan, div_count=False).to(values.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        g4 = _native(grad).unsqueeze(1)                              # [B, 1, H, Wh]
-        return _pool(g4, g4, ctx.plan, amplitude=False, mean=False).to(ctx.in_dtype), None
-
-
-class _RingPoolAmplitude(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, re, im, plan):
-        ctx.plan = plan
-        ctx.save_for_backward(re, im)
-        return _pool(_native(re), _native(im), plan, amplitude=True, mean=True).to(re.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        re, im = ctx.saved_tensors
-        nre, nim = _native(re), _native(im)
-        g_re, g_im = _ext.ext().ring_pool_amplitude_bwd_cpu(
-            grad.to(nre.dtype).contiguous(), nre, nim, ctx.plan.index, ctx.plan.offsets)
-        return g_re.to(re.dtype), g_im.to(im.dtype), None
-
+_RingPool, _RingScatter, _RingPoolAmplitude = ring_autograd(_pool, _scatter, _amplitude_bwd)
 
 def _grad_wanted(*tensors: torch.Tensor) -> bool:
     """Whether autograd must see the op; if not, the kernels are called directly (the
@@ -105,7 +67,7 @@ def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> 
     plan = ring_plan(index_map, n_bins)
     if _grad_wanted(amplitude):
         return _RingPool.apply(amplitude, plan)
-    a4 = _native(amplitude).unsqueeze(1)
+    a4 = native(amplitude).unsqueeze(1)
     return _pool(a4, a4, plan, amplitude=False, mean=True).to(amplitude.dtype)
 
 
@@ -116,7 +78,7 @@ def ring_scatter(values: torch.Tensor, index_map: torch.Tensor) -> torch.Tensor:
     plan = ring_plan(index_map, values.shape[1])
     if _grad_wanted(values):
         return _RingScatter.apply(values, plan)
-    return _scatter(_native(values), plan, div_count=False).to(values.dtype)
+    return _scatter(native(values), plan, div_count=False).to(values.dtype)
 
 
 def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
@@ -132,4 +94,4 @@ def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Ten
     plan = ring_plan(index_map, n_bins)
     if _grad_wanted(re, im):
         return _RingPoolAmplitude.apply(re, im, plan)
-    return _pool(_native(re), _native(im), plan, amplitude=True, mean=True).to(re.dtype)
+    return _pool(native(re), native(im), plan, amplitude=True, mean=True).to(re.dtype)

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .ring_plan import RingPlan, check_pool, check_pool_amplitude, check_scatter, ring_plan
+from .ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter, native,
+                        ring_autograd, ring_plan)
 
 _WARPS = 4        # FREREC_RING_WARPS in ring_pool.cu: bins per block of the pool kernel
 _EW_BLOCK = 256   # FREREC_RING_EW_BLOCK: threads per block of the elementwise kernels
@@ -29,10 +30,6 @@ def _check_cuda(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cuda":
         raise ValueError(f"{name}: the CUDA backend needs CUDA tensors, got {t.device} "
                          f"(use backend='torch' on CPU)")
-
-
-def _native(t: torch.Tensor) -> torch.Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _cupy_call(name: str, dtype: torch.dtype, device: torch.device, grid: int, block: int,
@@ -118,47 +115,7 @@ def _amplitude_bwd(grad: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan:
     return g_re, g_im
 
 
-class _RingPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, amplitude, plan):
-        ctx.plan, ctx.in_dtype = plan, amplitude.dtype
-        a4 = _native(amplitude).unsqueeze(1)                        # [B, 1, H, Wh], a view
-        return _pool(a4, a4, plan, amplitude=False, mean=True).to(amplitude.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return _scatter(_native(grad), ctx.plan, div_count=True).to(ctx.in_dtype), None
-
-
-class _RingScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, plan):
-        ctx.plan, ctx.in_dtype = plan, values.dtype
-        return _scatter(_native(values), plan, div_count=False).to(values.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        g4 = _native(grad).unsqueeze(1)                              # [B, 1, H, Wh]
-        return _pool(g4, g4, ctx.plan, amplitude=False, mean=False).to(ctx.in_dtype), None
-
-
-class _RingPoolAmplitude(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, re, im, plan):
-        ctx.plan = plan
-        ctx.save_for_backward(re, im)
-        return _pool(_native(re), _native(im), plan, amplitude=True, mean=True).to(re.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        re, im = ctx.saved_tensors
-        nre, nim = _native(re), _native(im)
-        g_re, g_im = _amplitude_bwd(grad.to(nre.dtype), nre, nim, ctx.plan)
-        return g_re.to(re.dtype), g_im.to(im.dtype), None
-
+_RingPool, _RingScatter, _RingPoolAmplitude = ring_autograd(_pool, _scatter, _amplitude_bwd)
 
 def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> torch.Tensor:
     """See ``frerec_fast.model.ring_pool``. amplitude: [B, H, Wh] CUDA -> [B, n_bins]."""
