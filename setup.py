@@ -90,7 +90,7 @@ setup(
         "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
-        "ray": ["ray[default]"],
+        "ray": ["ray"],
     },
     entry_points={"console_scripts": ["frerec=frerec_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -39,13 +39,21 @@ def _device(name: str) -> str:
 
 
 def cmd_calibrate(a) -> int:
-    from .pipeline import calibrate_dir
-
     model = False if a.shr_only else a.model
-    rep = calibrate_dir(a.src, a.dst, index=a.index, model=model, device=_device(a.device),
-                        batch_size=a.batch_size, seed=a.seed, backend=a.backend,
-                        resume=not a.no_resume, k=a.k, calibrate_real=a.real,
-                        workers=a.workers, progress=not a.quiet, model_batch=a.model_batch)
+    common = dict(index=a.index, model=model, batch_size=a.batch_size, seed=a.seed,
+                  backend=a.backend, resume=not a.no_resume, k=a.k, calibrate_real=a.real,
+                  workers=a.workers, progress=not a.quiet, model_batch=a.model_batch)
+    if a.ray or a.ray_address or a.ray_workers:
+        from .distributed import calibrate_dir_ray
+
+        rep = calibrate_dir_ray(a.src, a.dst, num_workers=a.ray_workers,
+                                cpus_per_worker=a.cpus_per_worker,
+                                gpus_per_worker=a.gpus_per_worker, address=a.ray_address,
+                                **common)
+    else:
+        from .pipeline import calibrate_dir
+
+        rep = calibrate_dir(a.src, a.dst, device=_device(a.device), **common)
     print(summary(rep, a.dst))
     for path, err in rep["errors"].items():
         print(f"  failed {path}: {err}", file=sys.stderr)
@@ -146,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model-batch", type=int, default=None,
                        help="fixed micro-batch of retrieval/SHR/RHM (default 8 on CPU, 32 on "
                             "CUDA); outputs are identical for any --batch-size at a given value")
+        s.add_argument("--ray", action="store_true",
+                       help="run on Ray (a local cluster unless --ray-address): files are "
+                            "split into shards, one task each; same outputs as a local run")
+        s.add_argument("--ray-address", default=None, help="existing Ray cluster ('auto', ray://...)")
+        s.add_argument("--ray-workers", type=int, default=None,
+                       help="Ray tasks (default: cluster CPUs / --cpus-per-worker)")
+        s.add_argument("--cpus-per-worker", type=int, default=1)
+        s.add_argument("--gpus-per-worker", type=float, default=0,
+                       help="> 0 runs each Ray task on CUDA")
         s.add_argument("--real", action="store_true",
                        help="inputs are real images, maybe in the index: exclude each one's own "
                             "entry (SPEC 6)")

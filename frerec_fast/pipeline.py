@@ -28,6 +28,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -46,18 +47,26 @@ GAP_SAMPLE = 256
 MODEL_BATCH = {"cpu": 8, "cuda": 32}
 
 
+def manifest_paths(dst: Path) -> list[Path]:
+    """The manifests in ``dst``: the local run's and those of distributed shards."""
+    return sorted(Path(dst).glob("frerec_manifest*.jsonl"))
+
+
 class Manifest:
     """Append-only JSON-lines record of finished files, fsynced after each line.
 
-    A line cut short by a kill is ignored on reading, so the file stays usable.
+    Appends go to ``path``; what is done is read from every manifest in its folder
+    (``frerec_manifest*.jsonl``), so a local run resumes a distributed one and vice
+    versa. A line cut short by a kill is dropped on opening, so the file stays usable.
     """
 
     def __init__(self, path: Path):
         self.path = path
-        self.entries: dict[str, dict] = {}
-        if path.exists():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
+        self.entries: dict[str, list[dict]] = {}
+        others = [p for p in manifest_paths(path.parent) if p != path]
+        for p in others + ([path] if path.exists() else []):
+            data = p.read_bytes()
+            if p == path and data and not data.endswith(b"\n"):
                 # A line torn by a crash: drop it, or the next append would be glued to
                 # it and lost as well.
                 data = data[:data.rfind(b"\n") + 1]
@@ -66,8 +75,8 @@ class Manifest:
             for line in data.decode("utf-8", errors="replace").splitlines():
                 try:
                     e = json.loads(line)
-                    self.entries[e["path"]] = e
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.entries.setdefault(e["path"], []).append(e)
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue
         self._fh = open(path, "a")
 
@@ -75,13 +84,13 @@ class Manifest:
         """True if ``rel`` was written with this input hash by a run of the same
         settings (``run``: fingerprint of seed, k, index, model, ...), and its output
         still exists."""
-        e = self.entries.get(rel)
-        return bool(e and e.get("status") == "ok" and e.get("input_sha256") == digest
-                    and (run is None or e.get("run") == run)
-                    and (dst / e.get("output", rel)).is_file())
+        return any(e.get("status") == "ok" and e.get("input_sha256") == digest
+                   and (run is None or e.get("run") == run)
+                   and (dst / e.get("output", rel)).is_file()
+                   for e in self.entries.get(rel, ()))
 
     def append(self, entry: dict) -> None:
-        self.entries[entry["path"]] = entry
+        self.entries.setdefault(entry["path"], []).append(entry)
         self._fh.write(json.dumps(entry) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -166,7 +175,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                   device: str | torch.device = "cuda", batch_size: int = 16, seed: int = 0,
                   backend: str = "auto", resume: bool = True, k: int = 200,
                   calibrate_real: bool = False, workers: int = 4, progress: bool = True,
-                  overlap: float = 0.25, model_batch: int | None = None) -> dict:
+                  overlap: float = 0.25, model_batch: int | None = None,
+                  files: Sequence[str] | None = None, _shard: str | None = None) -> dict:
     """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
     bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
 
@@ -184,8 +194,11 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     SHR, RHM), fixed so that outputs do not depend on batch shapes (module docstring);
     default 8 on CPU, 32 on CUDA. Outputs are reproducible for one device, backend and
     model_batch.
+    files: only these paths relative to ``src`` (default: every image under it).
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
+    (``_shard``: used by ``frerec_fast.distributed``; a shard appends to its own
+    manifest, leaves temp-file cleanup and the report to the driver.)
     """
     t_start = time.perf_counter()
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -245,12 +258,11 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                               torch=torch.__version__, frerec_fast=__version__)
 
     dst.mkdir(parents=True, exist_ok=True)
-    for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
-        stale.unlink()
-    if not resume and (dst / MANIFEST).exists():
-        (dst / MANIFEST).unlink()
-    manifest = Manifest(dst / MANIFEST)
-    rels = fio.scan_images(src)
+    if _shard is None:  # a shard must not delete the temp files its siblings are writing
+        prepare_dst(dst, resume)
+    manifest = Manifest(dst / (MANIFEST if _shard is None else
+                               MANIFEST.replace(".jsonl", f".{_shard}.jsonl")))
+    rels = fio.scan_images(src) if files is None else _checked_files(src, files)
     stages = _Stages()
     report = {"ok": 0, "failed": 0, "skipped": 0, "errors": {}}
     sample_in, sample_out = [], []
@@ -483,8 +495,30 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         "frequency_gap": _gaps(sample_in, sample_out, index),
         "files": len(rels),
     })
-    fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
+    if _shard is None:
+        fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
+
+
+def prepare_dst(dst: Path, resume: bool) -> None:
+    """Before a run: remove temp files of interrupted writes, and the manifests too when
+    not resuming (so that every file is redone)."""
+    for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
+        stale.unlink()
+    if not resume:
+        for m in manifest_paths(dst):
+            m.unlink()
+
+
+def _checked_files(src: Path, files: Sequence[str]) -> list[str]:
+    """Relative POSIX paths of ``files`` under ``src``, sorted; refuses paths outside it."""
+    out = []
+    for f in files:
+        p = (src / f).resolve()
+        if src not in p.parents:
+            raise ValueError(f"{f}: not a file under the input directory {src}")
+        out.append(p.relative_to(src).as_posix())
+    return sorted(set(out))
 
 
 def _prepare(rel, digest, items, cfg, exclude, overlap, src) -> _Job:
@@ -558,11 +592,22 @@ def _gaps(sample_in, sample_out, index: RealIndex) -> dict:
     def prof(xs):
         return spectral_profile(resample(luma(torch.stack(xs).float()), size))
 
-    gi = frequency_gap(prof(sample_in), ref, index.config.ratio)
-    go = frequency_gap(prof(sample_out), ref, index.config.ratio)
+    pi, po = prof(sample_in), prof(sample_out)
+    out = gaps_from_profiles(pi, po, ref, index.config.ratio)
+    # Mean log10 profiles are linear in the images: shards' reports merge exactly.
+    out["profiles"] = {"inputs": pi.tolist(), "outputs": po.tolist(), "index": ref.tolist(),
+                       "n_inputs": len(sample_in), "n_outputs": len(sample_out)}
+    out["sample"] = min(len(sample_in), len(sample_out))
+    return out
+
+
+def gaps_from_profiles(pi: torch.Tensor, po: torch.Tensor, ref: torch.Tensor,
+                       ratio: float) -> dict:
+    """The report's gap block from mean profiles [R] of inputs, outputs and the index."""
+    gi = frequency_gap(pi, ref, ratio)
+    go = frequency_gap(po, ref, ratio)
     return {"inputs_vs_index": {"high_band": gi[0], "all_radii": gi[1]},
-            "outputs_vs_index": {"high_band": go[0], "all_radii": go[1]},
-            "sample": min(len(sample_in), len(sample_out))}
+            "outputs_vs_index": {"high_band": go[0], "all_radii": go[1]}}
 
 
 class _NoBar:

@@ -1,0 +1,165 @@
+"""``calibrate_dir_ray``: the Ray twin of ``calibrate_dir``, for when one box is not enough.
+
+The driver lists the files, cleans ``dst`` and splits the list into ``num_workers``
+shards (round-robin over the sorted paths, so shards are balanced and deterministic).
+Each shard is one Ray task that runs the local ``calibrate_dir`` on its files into the
+same ``dst``, appending to its own manifest (``frerec_manifest.<shard>.jsonl``), so no
+two processes ever write one file. The driver merges the shard reports into one
+``frerec_report.json``.
+
+Every output's bytes depend only on its input and the run settings (see
+``frerec_fast.pipeline``), so a distributed run writes exactly what a local run with the
+same device, backends, thread count and ``model_batch`` writes. Resume reads every
+manifest in ``dst``: a local run resumes a distributed one and the reverse, whatever
+the number of workers.
+
+Shared-storage assumption: ``src``, ``dst``, the index and the model must be readable
+(``dst`` writable) under the same paths on every node, as on one machine or a cluster
+with a shared filesystem.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from . import io as fio
+from .optional import optional_import
+from .pipeline import MANIFEST, REPORT, gaps_from_profiles, manifest_paths, prepare_dst
+
+
+def _shard_task(src: str, dst: str, files: list[str], shard: str, index: str, model,
+                device: str, threads: int, kwargs: dict) -> dict:
+    """One Ray task: the local job on a subset of files (runs in a Ray worker)."""
+    torch.set_num_threads(threads)
+    from .pipeline import calibrate_dir
+
+    return calibrate_dir(src, dst, index=index, model=model, device=device, files=files,
+                         _shard=shard, progress=False, resume=True, **kwargs)
+
+
+def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, model=None, *,
+                      num_workers: int | None = None, cpus_per_worker: int = 1,
+                      gpus_per_worker: float = 0, address: str | None = None,
+                      resume: bool = True, progress: bool = True, **kwargs) -> dict:
+    """Calibrate ``src`` into ``dst`` with ``num_workers`` Ray tasks (see module docstring).
+
+    index: path of a saved index (or a RealIndex loaded from one). model: a checkpoint
+    path, None for the shipped model, or False for SHR only (an in-memory module cannot
+    be shipped to other nodes: save it with ``save_checkpoint`` first).
+    num_workers: shards (default: the cluster's CPUs // cpus_per_worker, or its GPUs //
+    gpus_per_worker). cpus_per_worker: CPU threads per task (torch threads too).
+    gpus_per_worker > 0 runs on CUDA. address: an existing Ray cluster ("auto", or
+    "ray://host:port"); None starts a local one for this call (shut down afterwards).
+    kwargs: the local job's settings (seed, k, batch_size, model_batch, backend,
+    calibrate_real, overlap, workers = decode threads per task).
+    Returns the merged report (also ``dst/frerec_report.json``).
+    """
+    ray = optional_import("ray", "distributed calibration (pip install 'frerec_fast[ray]')")
+    t0 = time.perf_counter()
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: input directory not found")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
+                         f"the input directory {src} (inputs are never modified)")
+    index_path = getattr(index, "path", index)
+    if index_path is None:
+        raise ValueError("calibrate_dir_ray needs an index saved on disk (RealIndex.save)")
+    if isinstance(model, torch.nn.Module):
+        raise ValueError("calibrate_dir_ray ships a model to workers by path: save it with "
+                         "frerec_fast.model.save_checkpoint and pass the .safetensors path")
+    for key in ("device", "files", "_shard", "progress", "resume"):
+        if key in kwargs:
+            raise ValueError(f"calibrate_dir_ray sets {key!r} itself")
+    device = "cuda" if gpus_per_worker > 0 else "cpu"
+
+    dst.mkdir(parents=True, exist_ok=True)
+    prepare_dst(dst, resume)
+    rels = fio.scan_images(src)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": max(cpus_per_worker, os.cpu_count() or 1)}))
+    try:
+        if num_workers is None:
+            res = ray.cluster_resources()
+            num_workers = int(res.get("GPU", 0) // gpus_per_worker if gpus_per_worker
+                              else res.get("CPU", 1) // cpus_per_worker)
+        num_workers = max(1, min(int(num_workers), len(rels) or 1))
+        shards = [rels[i::num_workers] for i in range(num_workers)]
+        task = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_shard_task)
+        refs = [task.remote(str(src), str(dst), files, f"shard{i:04d}", str(index_path), model,
+                            device, cpus_per_worker, kwargs)
+                for i, files in enumerate(shards) if files]
+        reports = _wait(ray, refs, dst, len(rels), progress)
+    finally:
+        if started:
+            ray.shutdown()
+    report = merge_reports(reports, time.perf_counter() - t0, ratio=_ratio(index_path))
+    report.update({"files": len(rels), "workers": len(refs), "cpus_per_worker": cpus_per_worker,
+                   "gpus_per_worker": gpus_per_worker})
+    fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
+    return report
+
+
+def _ratio(index_path) -> float:
+    meta = json.loads((Path(index_path) / "index.json").read_text())
+    return float(meta["config"]["ratio"])
+
+
+def _wait(ray, refs: list, dst: Path, total: int, progress: bool) -> list[dict]:
+    """Results in shard order; a progress bar fed by the manifests' line counts."""
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc="calibrate (ray)", unit="img")
+        except ImportError:
+            pass
+    pending = list(refs)
+    while pending:
+        _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        if bar is not None:
+            done = sum(sum(1 for _ in open(m)) for m in manifest_paths(dst) if m.name != MANIFEST)
+            bar.update(max(0, min(done, total) - bar.n))
+    if bar is not None:
+        bar.close()
+    return ray.get(refs)
+
+
+def merge_reports(reports: list[dict], seconds: float, ratio: float = 0.5) -> dict:
+    """One report from the shards': counts and stage seconds add up, errors merge, the
+    frequency gaps are recomputed from the sample-weighted mean profiles."""
+    out = {"ok": 0, "failed": 0, "skipped": 0, "errors": {}, "seconds": seconds,
+           "stage_seconds": {}}
+    for r in reports:
+        for key in ("ok", "failed", "skipped"):
+            out[key] += r[key]
+        out["errors"].update(r["errors"])
+        for stage, secs in r["stage_seconds"].items():
+            out["stage_seconds"][stage] = out["stage_seconds"].get(stage, 0.0) + secs
+    out["images_per_s"] = out["ok"] / seconds if seconds else 0.0
+    first = reports[0] if reports else {}
+    for key in ("device", "device_name", "backends", "rhm", "k", "seed", "batch_size",
+                "model_batch", "run", "index"):
+        out[key] = first.get(key)
+    out["frequency_gap"] = _merge_gaps([r.get("frequency_gap") or {} for r in reports], ratio)
+    return out
+
+
+def _merge_gaps(gaps: list[dict], ratio: float) -> dict:
+    parts = [g["profiles"] for g in gaps if g.get("profiles")]
+    if not parts:
+        return {}
+    n_in = sum(p["n_inputs"] for p in parts)
+    n_out = sum(p["n_outputs"] for p in parts)
+    pi = sum(torch.tensor(p["inputs"], dtype=torch.float64) * p["n_inputs"] for p in parts) / n_in
+    po = sum(torch.tensor(p["outputs"], dtype=torch.float64) * p["n_outputs"] for p in parts) / n_out
+    ref = torch.tensor(parts[0]["index"], dtype=torch.float64)
+    out = gaps_from_profiles(pi, po, ref, ratio)
+    out["sample"] = min(n_in, n_out)
+    return out
