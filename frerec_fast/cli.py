@@ -42,7 +42,8 @@ def cmd_calibrate(a) -> int:
     model = False if a.shr_only else a.model
     common = dict(index=a.index, model=model, batch_size=a.batch_size, seed=a.seed,
                   backend=a.backend, resume=not a.no_resume, k=a.k, calibrate_real=a.real,
-                  workers=a.workers, progress=not a.quiet, model_batch=a.model_batch)
+                  workers=a.workers, progress=not a.quiet, model_batch=a.model_batch,
+                  **({} if a.shr_only else {"engine": a.engine}))
     if a.ray or a.ray_address or a.ray_workers:
         from .distributed import calibrate_dir_ray
 
@@ -145,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         if not shr_only:
             s.add_argument("--model", default=None,
                            help="RHM checkpoint (default: the model shipped with the package)")
+            s.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
+                           help="how the RHM runs: torch (default, the reference) or "
+                                "onnxruntime (exported once; about 3x faster on CPU)")
         s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--batch-size", type=int, default=16)

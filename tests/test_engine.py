@@ -1,0 +1,74 @@
+"""The onnxruntime RHM engine: a real ONNX export run by a real onnxruntime session,
+against the torch module, alone and inside calibrate_dir."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'frerec_fast[onnx]')")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'frerec_fast[onnx]')")
+
+import frerec_fast as ff
+from frerec_fast.datasets import real_dir, synthetic_dir
+from frerec_fast.engine import build_engine
+from frerec_fast.model import RHM, RHMConfig, save_checkpoint
+from frerec_fast.pipeline import calibrate_dir
+
+TINY = dict(dim=8, heads=(1, 1, 1, 1), blocks=(1, 1, 1, 1), refinement=0, n_rings=4, n_sectors=8)
+
+
+def _trained_tiny(c=1):
+    """A tiny RHM after a few steps (BatchNorm running stats are not the defaults)."""
+    torch.manual_seed(0)
+    m = RHM(RHMConfig(in_channels=c, **TINY)).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+    for _ in range(2):
+        x = torch.rand(4, c, 64, 64)
+        ff.model.rhm_loss(m(x), x).backward()
+        opt.step()
+        opt.zero_grad()
+    return m.eval()
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_onnx_engine_matches_torch(tmp_path, c):
+    m = _trained_tiny(c)
+    eng = build_engine(m, "onnxruntime", (64, 64), torch.device("cpu"), cache_dir=tmp_path)
+    assert (tmp_path / "rhm.onnx").is_file() and eng.config == m.config
+    x = torch.rand(5, c, 64, 64)  # another batch size than exported: the batch is dynamic
+    with torch.inference_mode():
+        ref = m(x)
+    np.testing.assert_allclose(eng(x).numpy(), ref.numpy(), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="64x64"):
+        eng(torch.rand(1, c, 32, 32))
+    assert build_engine(m, "torch", (64, 64), torch.device("cpu")) is m
+    with pytest.raises(ValueError, match="unknown engine"):
+        build_engine(m, "tensorrt", (64, 64), torch.device("cpu"))
+
+
+def test_calibrate_dir_with_onnxruntime_engine(tmp_path):
+    src = tmp_path / "src"
+    for f in sorted(synthetic_dir().rglob("*.png"))[::32]:
+        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, src / f.parent.name / f.name)
+    idx = ff.build_index(real_dir("train"), tmp_path / "idx", progress=False)
+    save_checkpoint(tmp_path / "m", _trained_tiny())
+    model = str(tmp_path / "m.safetensors")
+    a = calibrate_dir(src, tmp_path / "torch", idx, model=model, device="cpu", k=8, progress=False)
+    b = calibrate_dir(src, tmp_path / "ort", idx, model=model, device="cpu", k=8,
+                      engine="onnxruntime", progress=False)
+    assert a["ok"] == b["ok"] == 8 and b["engine"] == "onnxruntime" and a["engine"] == "torch"
+    for p in sorted((tmp_path / "torch").rglob("*.png")):
+        q = tmp_path / "ort" / p.relative_to(tmp_path / "torch")
+        x = np.asarray(Image.open(p), dtype=np.int64)
+        y = np.asarray(Image.open(q), dtype=np.int64)
+        assert np.abs(x - y).max() <= 3, p.name  # float tolerance, then 16-bit rounding
+    # The engine is part of the fingerprint: resuming the ORT run with torch redoes it.
+    c = calibrate_dir(src, tmp_path / "ort", idx, model=model, device="cpu", k=8, progress=False)
+    assert c["skipped"] == 0 and c["ok"] == 8
+    assert json.loads((tmp_path / "ort" / "frerec_report.json").read_text())["engine"] == "torch"
+    with pytest.raises(ValueError, match="unknown engine"):
+        calibrate_dir(src, tmp_path / "x", idx, model=model, device="cpu", engine="trt")
