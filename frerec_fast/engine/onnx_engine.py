@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,5 +60,8 @@ def build_engine(model, engine: str, size: tuple[int, int], device: torch.device
     from ..model import export_onnx
 
     cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="frerec_onnx_"))
-    path = export_onnx(model, cache / "rhm.onnx", (1, model.config.in_channels, *size))
+    with warnings.catch_warnings():
+        # The tracer's notes that sizes become constants: by design (fixed H x W graph).
+        warnings.simplefilter("ignore")
+        path = export_onnx(model, cache / "rhm.onnx", (1, model.config.in_channels, *size))
     return OnnxRHM(path, model.config, size, device)
