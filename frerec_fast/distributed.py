@@ -28,7 +28,8 @@ import torch
 
 from . import io as fio
 from .optional import optional_import
-from .pipeline import MANIFEST, REPORT, gaps_from_profiles, manifest_paths, prepare_dst
+from .pipeline import (MANIFEST, REPORT, check_dirs, gaps_from_profiles, manifest_paths,
+                       prepare_dst)
 
 
 def _shard_task(src: str, dst: str, files: list[str], shard: str, index: str, model,
@@ -60,12 +61,7 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
     """
     ray = optional_import("ray", "distributed calibration (pip install 'frerec_fast[ray]')")
     t0 = time.perf_counter()
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: input directory not found")
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
-                         f"the input directory {src} (inputs are never modified)")
+    src, dst = check_dirs(src, dst)
     index_path = getattr(index, "path", index)
     if index_path is None:
         raise ValueError("calibrate_dir_ray needs an index saved on disk (RealIndex.save)")

@@ -205,12 +205,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     manifest, leaves temp-file cleanup and the report to the driver.)
     """
     t_start = time.perf_counter()
-    src, dst = Path(src).resolve(), Path(dst).resolve()
-    if not src.is_dir():
-        raise FileNotFoundError(f"{src}: input directory not found")
-    if dst == src or src in dst.parents or dst in src.parents:
-        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
-                         f"the input directory {src} (inputs are never modified)")
+    src, dst = check_dirs(src, dst)
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if batch_size < 1:
@@ -510,6 +505,18 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     if _shard is None:
         fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
+
+
+def check_dirs(src, dst) -> tuple[Path, Path]:
+    """Resolved (src, dst); refuses a missing src and a dst equal to, inside or
+    containing src (inputs are never modified)."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: input directory not found")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
+                         f"the input directory {src} (inputs are never modified)")
+    return src, dst
 
 
 def prepare_dst(dst: Path, resume: bool) -> None:
