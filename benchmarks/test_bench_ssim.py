@@ -117,13 +117,17 @@ def test_exact(benchmark, bench_device, backend):
     assert _record_recall(benchmark, bench_device, n_q, n_db, i) >= 0.999
 
 
+@pytest.mark.parametrize("rerank", ["torch", "auto"])
 @pytest.mark.parametrize("candidates", [None, 512])
-def test_prefilter(benchmark, bench_device, candidates):
+def test_prefilter(benchmark, bench_device, candidates, rerank):
     n_q, n_db, group = _case(bench_device)
     q, db = _inputs(bench_device.type, n_q, n_db)
     c = prefilter.default_candidates(K, n_db) if candidates is None else candidates
     label = "prefilter" if candidates is None else f"prefilter-{candidates}"
-    s, i = _run(benchmark, lambda: prefilter.ssim_topk_prefilter(q, db, K, candidates=c),
+    if rerank != "torch":  # the re-rank through the fastest exact backend here
+        label += "-" + backends.resolve_name("ssim_matrix", rerank, bench_device)
+    s, i = _run(benchmark, lambda: prefilter.ssim_topk_prefilter(q, db, K, candidates=c,
+                                                                 backend=rerank),
                 bench_device, group, label, n_q, n_db, mode="prefilter", candidates=c,
                 ssim_pair_fraction=c / n_db)
     recall = _record_recall(benchmark, bench_device, n_q, n_db, i)

@@ -44,16 +44,15 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
     skip per query (-1: none). k is clamped to N (N - 1 when exclude is given).
     mode: "exact" (default) scores every pair; "prefilter" short-lists ``candidates``
     per query (default max(4k, 1024)) by cosine similarity of 16x16 thumbnails (one
-    GEMM) and re-ranks them by exact SSIM (torch ops on q's device): approximate, see
+    GEMM) and re-ranks them by exact SSIM (``backend``'s op): approximate, see
     ``frerec_fast.prefilter.measure_recall`` for its recall@k against exact mode.
     Returns: scores [Q, k] float32 (descending), idx [Q, k] int64.
     """
     if mode == "prefilter":
-        if backend not in ("auto", "torch"):
-            raise ValueError(f"mode='prefilter' re-ranks with torch ops on q's device; "
-                             f"backend={backend!r} applies to mode='exact' only")
         from .prefilter import ssim_topk_prefilter
-        return ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=candidates)
+        # The candidate stage is one matmul (torch); backend picks the re-rank's SSIM.
+        return ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=candidates,
+                                   backend=backend)
     if mode != "exact":
         raise ValueError(f"mode {mode!r} is not available; use mode='exact' or 'prefilter'")
     return backends.resolve("ssim_topk", backend, q.device)(q, db, k, exclude=exclude)

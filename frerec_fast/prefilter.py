@@ -185,10 +185,31 @@ def rerank(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
     return s[:, :k], torch.gather(cand, 1, order[:, :k])
 
 
+def rerank_with(matrix_fn, q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
+                exclude: torch.Tensor | None = None):
+    """Stage 2 through an all-pairs SSIM backend (``ssim_matrix`` of "cpp", "cuda", ...):
+    each query against the images of its own short list, gathered.
+
+    Same contract as ``rerank``. matrix_fn(q [1, 1, h, w], d [C, 1, h, w]) -> [1, C].
+    Memory: one query's gathered candidates (C x h x w floats) at a time.
+    """
+    dev = q.device
+    exclude = _check_exclude(exclude, q.shape[0], dev)
+    cand = torch.sort(cand.to(dev), dim=1).values           # ties low-first, as rerank
+    scores = torch.empty(cand.shape, dtype=torch.float32, device=dev)
+    qf = q.to(dev).float()
+    for i in range(q.shape[0]):
+        scores[i] = matrix_fn(qf[i:i + 1], db[cand[i].to(db.device)].to(dev).float())[0]
+    if exclude is not None:
+        scores = scores.masked_fill(cand == exclude[:, None], float("-inf"))
+    s, order = torch.sort(scores, dim=1, descending=True, stable=True)
+    return s[:, :k], torch.gather(cand, 1, order[:, :k])
+
+
 def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
                         exclude: torch.Tensor | None = None, candidates: int | None = None,
                         thumb: int = DEFAULT_THUMB, db_chunk: int = DEFAULT_DB_CHUNK,
-                        max_block_elems: int | None = None):
+                        max_block_elems: int | None = None, backend: str = "torch"):
     """Approximate top-k by SSIM: thumbnail-correlation short-list, exact SSIM re-rank.
 
     q: [Q, 1, h, w], db: [N, 1, h, w] luma in [0, 1] (db may be float16 or on another
@@ -198,6 +219,8 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
     ``default_candidates(k, N)``; raised to k if smaller, capped at N. With
     candidates = N the result equals exact top-K (same indices; scores to float32
     rounding of the torch reference).
+    backend: the exact-SSIM backend of the re-rank ("auto" picks the fastest for q's
+    device, e.g. the C++ op on CPU; "torch" is the reference path above).
     Returns: scores [Q, k] float32 descending (exact SSIM), idx [Q, k] int64, ties to
     the lower index.
     """
@@ -209,7 +232,11 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
     candidates = min(max(int(candidates), k), n_db)
     exclude = _check_exclude(exclude, q.shape[0], q.device)
     _, cand = candidate_topk(q, db, candidates, exclude, thumb, db_chunk)
-    return rerank(q, db, cand, k, exclude, db_chunk, max_block_elems)
+    from . import backends
+    name = backends.resolve_name("ssim_matrix", backend, q.device)
+    if name == "torch":
+        return rerank(q, db, cand, k, exclude, db_chunk, max_block_elems)
+    return rerank_with(backends.resolve("ssim_matrix", name, q.device), q, db, cand, k, exclude)
 
 
 def recall_at_k(approx_idx: torch.Tensor, exact_idx: torch.Tensor) -> float:

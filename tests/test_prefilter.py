@@ -8,6 +8,7 @@ import torch
 
 from frerec_fast import prefilter as pf
 from frerec_fast.ssim import ssim_matrix_torch, ssim_topk_torch
+from marks import needs_cpp
 
 
 def blobs(n, h, w, seed, protos=8, noise=0.02):
@@ -180,3 +181,24 @@ def test_measure_recall_reports():
     assert rep == {"recall": 1.0, "k": 5, "candidates": 50, "n_db": 50, "ssim_pair_fraction": 1.0}
     rep = pf.measure_recall(q, db, 5, candidates=10, backend="torch")
     assert 0.0 <= rep["recall"] <= 1.0 and rep["ssim_pair_fraction"] == pytest.approx(0.2)
+
+
+@needs_cpp
+def test_cpp_rerank_matches_exact_and_torch_rerank():
+    """The re-rank through the C++ all-pairs SSIM: with every image a candidate it is
+    the C++ exact top-K; with a short list it agrees with the torch re-rank."""
+    import frerec_fast as ff
+
+    db, q = blobs(120, 32, 32, 3), blobs(6, 32, 32, 4)
+    ex = torch.tensor([-1, 5, -1, 0, 119, -1])
+    es, ei = ff.ssim_topk(q, db, 15, exclude=ex, backend="cpp")
+    ps, pi = pf.ssim_topk_prefilter(q, db, 15, exclude=ex, candidates=10_000, backend="cpp")
+    np.testing.assert_array_equal(pi.numpy(), ei.numpy())
+    np.testing.assert_array_equal(ps.numpy(), es.numpy())
+    # A short list: the same candidates, re-ranked by either backend's exact SSIM.
+    ts, ti = pf.ssim_topk_prefilter(q, db, 15, exclude=ex, candidates=40, backend="torch")
+    cs, ci = ff.ssim_topk(q, db, 15, exclude=ex, mode="prefilter", candidates=40, backend="cpp")
+    # Each float32 path is ~2e-6 from float64 (tests/test_ssim.py), so up to ~4e-6 apart.
+    np.testing.assert_allclose(cs.numpy(), ts.numpy(), rtol=0, atol=5e-6)
+    assert (ci == ti).float().mean() >= 0.97  # only near-ties (< 5e-6 apart) may swap
+    assert not (ci == ex[:, None]).any()
