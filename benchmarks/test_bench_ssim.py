@@ -125,7 +125,7 @@ def test_prefilter(benchmark, bench_device, candidates, rerank):
     c = prefilter.default_candidates(K, n_db) if candidates is None else candidates
     label = "prefilter" if candidates is None else f"prefilter-{candidates}"
     if rerank != "torch":  # the re-rank through the fastest exact backend here
-        label += "-" + backends.resolve_name("ssim_matrix", rerank, bench_device)
+        label += "-" + backends.resolve_name("ssim_pairs", rerank, bench_device)
     s, i = _run(benchmark, lambda: prefilter.ssim_topk_prefilter(q, db, K, candidates=c,
                                                                  backend=rerank),
                 bench_device, group, label, n_q, n_db, mode="prefilter", candidates=c,

@@ -69,6 +69,36 @@ torch::Tensor ssim_matrix_cpu(const torch::Tensor& q, const torch::Tensor& db) {
   return out;
 }
 
+torch::Tensor ssim_pairs_cpu(const torch::Tensor& q, const torch::Tensor& db,
+                             const torch::Tensor& cand) {
+  for (const auto* t : {&q, &db}) {
+    TORCH_CHECK(t->device() == torch::kCPU && t->scalar_type() == torch::kFloat &&
+                    t->is_contiguous() && t->dim() == 3,
+                "ssim_pairs: expected contiguous float32 CPU tensors [N, h, w], got ",
+                t->scalar_type(), " ", t->sizes());
+  }
+  TORCH_CHECK(q.size(1) == db.size(1) && q.size(2) == db.size(2),
+              "ssim_pairs: query size ", q.sizes(), " differs from database size ", db.sizes());
+  TORCH_CHECK(q.size(1) >= 11 && q.size(2) >= 11, "ssim_pairs: images must be at least 11x11");
+  TORCH_CHECK(cand.device() == torch::kCPU && cand.scalar_type() == torch::kLong &&
+                  cand.is_contiguous() && cand.dim() == 2 && cand.size(0) == q.size(0),
+              "ssim_pairs: cand must be a contiguous int64 CPU tensor [Q, C], got ",
+              cand.scalar_type(), " ", cand.sizes());
+  if (cand.numel()) {
+    const auto mm = torch::aminmax(cand);
+    TORCH_CHECK(std::get<0>(mm).item<int64_t>() >= 0 && std::get<1>(mm).item<int64_t>() < db.size(0),
+                "ssim_pairs: candidate positions outside [0, ", db.size(0), ")");
+  }
+  auto out = torch::empty({q.size(0), cand.size(1)}, q.options());
+  {
+    py::gil_scoped_release release;
+    frerec::ssim_pairs(q.data_ptr<float>(), q.size(0), db.data_ptr<float>(), db.size(0),
+                       q.size(1), q.size(2), cand.data_ptr<int64_t>(), cand.size(1),
+                       out.data_ptr<float>());
+  }
+  return out;
+}
+
 // ---- FESA ring/sector pooling on CPU (csrc/cpu/ring_pool.cpp). The bin map arrives as the
 // host plan of frerec_fast/fast/ring_plan.py: index [H*Wh] int32, offsets [n_bins+1] int32.
 
@@ -228,6 +258,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("sigma_s"), py::arg("mu_hat"), py::arg("sigma_hat"));
   m.def("ssim_matrix", &ssim_matrix_cpu, "All-pairs SSIM [Q, N] of [Q,h,w] and [N,h,w] luma",
         py::arg("q"), py::arg("db"));
+  m.def("ssim_pairs", &ssim_pairs_cpu, "SSIM of chosen pairs [Q, C]: q[a] vs db[cand[a, c]]",
+        py::arg("q"), py::arg("db"), py::arg("cand"));
   m.def("ring_pool_cpu", &ring_pool_cpu_op,
         "Per-bin sum/mean of [B,C,H,Wh] (or of |re + i im|), deterministic, any strides",
         py::arg("re"), py::arg("im"), py::arg("index"), py::arg("offsets"), py::arg("n_bins"),

@@ -86,6 +86,10 @@ _TABLE: dict[str, dict[str, Impl]] = {
         "triton": Impl("kernels.ssim_topk:ssim_matrix", ("cpu", "cuda")),
         "cuda": Impl("fast.ssim_cuda:ssim_matrix", ("cuda",)),
     },
+    "ssim_pairs": {
+        "torch": Impl("prefilter:ssim_pairs_torch", ("cpu", "cuda")),
+        "cpp": Impl("fast.ssim_cpp:ssim_pairs", ("cpu",)),
+    },
     "ssim_topk": {
         "torch": Impl("ssim:ssim_topk_torch", ("cpu", "cuda")),
         "cpp": Impl("fast.ssim_cpp:ssim_topk", ("cpu",)),

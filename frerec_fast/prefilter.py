@@ -185,21 +185,29 @@ def rerank(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
     return s[:, :k], torch.gather(cand, 1, order[:, :k])
 
 
-def rerank_with(matrix_fn, q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
-                exclude: torch.Tensor | None = None):
-    """Stage 2 through an all-pairs SSIM backend (``ssim_matrix`` of "cpp", "cuda", ...):
-    each query against the images of its own short list, gathered.
+def ssim_pairs_torch(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Reference of the "ssim_pairs" op: out[a, c] = SSIM(q[a], db[cand[a, c]]).
 
-    Same contract as ``rerank``. matrix_fn(q [1, 1, h, w], d [C, 1, h, w]) -> [1, C].
-    Memory: one query's gathered candidates (C x h x w floats) at a time.
+    q: [Q, 1, h, w]; db: [N, 1, h, w]; cand: [Q, C] int64. Returns: [Q, C] float32.
+    One query against its gathered candidates at a time (the re-rank's fast torch path
+    is ``rerank``; this is the plain definition the other backends are tested against).
     """
+    check_pair(q, db)
+    from .ssim import ssim_matrix_torch
+    out = torch.empty(cand.shape, dtype=torch.float32, device=q.device)
+    for i in range(q.shape[0]):
+        out[i] = ssim_matrix_torch(q[i:i + 1], db[cand[i].to(db.device)].to(q.device))[0]
+    return out
+
+
+def rerank_pairs(pairs_fn, q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
+                 exclude: torch.Tensor | None = None):
+    """Stage 2 through an "ssim_pairs" backend (e.g. the C++ op, which computes each
+    short-listed image's statistics once). Same contract as ``rerank``."""
     dev = q.device
     exclude = _check_exclude(exclude, q.shape[0], dev)
     cand = torch.sort(cand.to(dev), dim=1).values           # ties low-first, as rerank
-    scores = torch.empty(cand.shape, dtype=torch.float32, device=dev)
-    qf = q.to(dev).float()
-    for i in range(q.shape[0]):
-        scores[i] = matrix_fn(qf[i:i + 1], db[cand[i].to(db.device)].to(dev).float())[0]
+    scores = pairs_fn(q, db, cand)
     if exclude is not None:
         scores = scores.masked_fill(cand == exclude[:, None], float("-inf"))
     s, order = torch.sort(scores, dim=1, descending=True, stable=True)
@@ -219,8 +227,8 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
     ``default_candidates(k, N)``; raised to k if smaller, capped at N. With
     candidates = N the result equals exact top-K (same indices; scores to float32
     rounding of the torch reference).
-    backend: the exact-SSIM backend of the re-rank ("auto" picks the fastest for q's
-    device, e.g. the C++ op on CPU; "torch" is the reference path above).
+    backend: the backend of the re-rank's "ssim_pairs" op ("auto" picks the fastest for
+    q's device, e.g. the C++ op on CPU; "torch" is the chunked reference path above).
     Returns: scores [Q, k] float32 descending (exact SSIM), idx [Q, k] int64, ties to
     the lower index.
     """
@@ -233,10 +241,10 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
     exclude = _check_exclude(exclude, q.shape[0], q.device)
     _, cand = candidate_topk(q, db, candidates, exclude, thumb, db_chunk)
     from . import backends
-    name = backends.resolve_name("ssim_matrix", backend, q.device)
-    if name == "torch":
+    name = backends.resolve_name("ssim_pairs", backend, q.device)
+    if name == "torch":  # the chunked torch path, faster than the op's plain reference
         return rerank(q, db, cand, k, exclude, db_chunk, max_block_elems)
-    return rerank_with(backends.resolve("ssim_matrix", name, q.device), q, db, cand, k, exclude)
+    return rerank_pairs(backends.resolve("ssim_pairs", name, q.device), q, db, cand, k, exclude)
 
 
 def recall_at_k(approx_idx: torch.Tensor, exact_idx: torch.Tensor) -> float:

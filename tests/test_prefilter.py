@@ -202,3 +202,21 @@ def test_cpp_rerank_matches_exact_and_torch_rerank():
     np.testing.assert_allclose(cs.numpy(), ts.numpy(), rtol=0, atol=5e-6)
     assert (ci == ti).float().mean() >= 0.97  # only near-ties (< 5e-6 apart) may swap
     assert not (ci == ex[:, None]).any()
+
+
+@needs_cpp
+def test_cpp_ssim_pairs_matches_matrix_and_reference():
+    from frerec_fast.fast.ssim_cpp import ssim_matrix as cpp_matrix
+    from frerec_fast.fast.ssim_cpp import ssim_pairs as cpp_pairs
+
+    db, q = blobs(40, 23, 29, 5), blobs(4, 23, 29, 6)
+    g = torch.Generator().manual_seed(0)
+    cand = torch.stack([torch.randperm(40, generator=g)[:9] for _ in range(4)])
+    cand[1, 0] = cand[0, 0]  # an image short-listed by two queries
+    got = cpp_pairs(q, db, cand)
+    full = cpp_matrix(q, db)
+    np.testing.assert_array_equal(got.numpy(), full.gather(1, cand).numpy())  # bit-identical
+    np.testing.assert_allclose(got.numpy(), pf.ssim_pairs_torch(q, db, cand).numpy(),
+                               rtol=0, atol=5e-6)
+    with pytest.raises(RuntimeError, match="outside"):
+        cpp_pairs(q, db, cand + 40)

@@ -10,4 +10,10 @@ namespace frerec {
 void ssim_matrix(const float* q, int64_t Q, const float* db, int64_t N, int64_t h, int64_t w,
                  float* out);
 
+// The same SSIM for chosen pairs only: out[a, c] = SSIM(q[a], db[cand[a, c]]).
+// cand: [Q, C] int64 positions in [0, N) (checked by the caller); out: [Q, C] float32.
+// Bit-identical to the matching ssim_matrix entries.
+void ssim_pairs(const float* q, int64_t Q, const float* db, int64_t N, int64_t h, int64_t w,
+                const int64_t* cand, int64_t C, float* out);
+
 }  // namespace frerec

@@ -28,3 +28,14 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
     C, qp = _ext.ext(), _planes(q)
     return chunked_topk(lambda j0, j1: C.ssim_matrix(qp, _planes(db[j0:j1])),
                         q.shape[0], db.shape[0], k, exclude, db_chunk, q.device)
+
+
+def ssim_pairs(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """SSIM of chosen pairs: out[a, c] = SSIM(q[a], db[cand[a, c]]), each database image's
+    statistics computed once however many queries short-listed it.
+
+    q: [Q, 1, h, w], db: [N, 1, h, w] CPU; cand: [Q, C] int64 in [0, N). Returns [Q, C]
+    float32, bit-identical to the matching ``ssim_matrix`` entries.
+    """
+    check_pair(q, db)
+    return _ext.ext().ssim_pairs(_planes(q), _planes(db), cand.to(torch.int64).contiguous())
