@@ -1,0 +1,33 @@
+"""Shared inputs of the ring-pooling backend tests (C++, Triton, CUDA vs the torch
+reference): the map/batch cases, tolerances and the test spectrum."""
+import torch
+
+# (h, w_half, n_rings, n_sectors, batch, channels): odd and non-square maps, 1xN / Nx1 /
+# 1x1 maps, a single bin (more positions than one lane chunk), and 16 x 32 = 512 bins on
+# a map with fewer positions than bins (empty bins).
+CASES = [
+    (9, 6, 4, 6, 2, 3),
+    (16, 9, 3, 5, 1, 4),
+    (1, 7, 3, 4, 3, 2),
+    (7, 1, 2, 3, 2, 1),
+    (1, 1, 1, 1, 1, 1),
+    (12, 4, 1, 1, 2, 2),
+    (8, 5, 16, 32, 1, 2),
+]
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+
+
+def spectrum(b, c, h, w_half, dtype, device="cpu", *, seed, zeros=True):
+    """re, im [B, C, H, Wh] as the .real/.imag views of one complex tensor, some X = 0."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.complex(torch.randn(b, c, h, w_half, generator=g, dtype=dtype),
+                      torch.randn(b, c, h, w_half, generator=g, dtype=dtype))
+    if zeros:
+        z.view(-1)[:: 5] = 0  # exact zeros: the amplitude's gradient must be 0 there
+    z = z.to(device)
+    return z.real, z.imag
+
+
+def close(got, want, dtype=torch.float32):
+    assert got.dtype == want.dtype and got.shape == want.shape and got.device == want.device
+    torch.testing.assert_close(got, want, **TOL[dtype])
