@@ -10,7 +10,7 @@ from frerec_fast.model import fesa as fesa_mod
 from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_ring_backend
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cpp
-from ring_cases import CASES as BASE_CASES, TOL, close as _close, spectrum as _spectrum
+from ring_cases import CASES as BASE_CASES, close as _close, spectrum as _spectrum
 
 pytestmark = needs_cpp
 

@@ -18,7 +18,7 @@ from frerec_fast.model import fesa as fesa_mod
 from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_ring_backend
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cuda
-from ring_cases import CASES, TOL, close as _close, spectrum as _spectrum
+from ring_cases import CASES, close as _close, spectrum as _spectrum
 
 def _device_for(backend, device):
     if backend == "cuda":
