@@ -43,7 +43,7 @@ def cmd_calibrate(a) -> int:
     common = dict(index=a.index, model=model, batch_size=a.batch_size, seed=a.seed,
                   backend=a.backend, resume=not a.no_resume, k=a.k, calibrate_real=a.real,
                   workers=a.workers, progress=not a.quiet, model_batch=a.model_batch,
-                  **({} if a.shr_only else {"engine": a.engine}))
+                  **({} if a.shr_only else {"engine": a.engine, "precision": a.precision}))
     if a.ray or a.ray_address or a.ray_workers:
         from .distributed import calibrate_dir_ray
 
@@ -106,7 +106,7 @@ def cmd_demo(a) -> int:
     from .demo import run_demo
 
     return run_demo(Path(a.out), k=a.k, seed=a.seed, backend=a.backend, device=_device(a.device),
-                    engine=a.engine)
+                    engine=a.engine, precision=a.precision)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
                            help="how the RHM runs: torch (default, the reference) or "
                                 "onnxruntime (exported once; about 3x faster on CPU)")
+            s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                           help="the torch engine's RHM arithmetic: fp32 (default), bf16 "
+                                "(autocast; the fast path on GPUs), fp16 (CUDA only)")
         s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--batch-size", type=int, default=16)
@@ -198,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
     s.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
                    help="how the RHM runs (onnxruntime: about 3x faster on CPU)")
+    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="RHM arithmetic of the torch engine (bf16: the fast path on GPUs)")
     s.set_defaults(fn=cmd_demo)
     return p
 

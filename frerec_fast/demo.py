@@ -23,7 +23,7 @@ def _shipped_model():
 
 
 def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
-             device: str = "cpu", engine: str = "torch") -> int:
+             device: str = "cpu", engine: str = "torch", precision: str = "fp32") -> int:
     """Run the demo into ``out``; prints a short report and returns an exit code."""
     from .datasets import real_dir, synthetic_dir
 
@@ -44,9 +44,10 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
           f"{rep['failed']} failed -> {out / 'shr'}")
     model, why = _shipped_model()
     if model is not None:
-        rep = calibrate_dir(synth, out / "frerec", model=model, engine=engine, **common)
+        rep = calibrate_dir(synth, out / "frerec", model=model, engine=engine,
+                            precision=precision, **common)
         runs["frerec"] = rep
-        print(f"[3/4] FreRec (SHR + shipped RHM, {engine}) on {rep['ok']} images: "
+        print(f"[3/4] FreRec (SHR + shipped RHM, {engine}, {precision}) on {rep['ok']} images: "
               f"{rep['images_per_s']:.1f} img/s, {rep['failed']} failed -> {out / 'frerec'}")
     else:
         print(f"[3/4] FreRec skipped: no shipped RHM model ({why})")

@@ -177,7 +177,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                   calibrate_real: bool = False, workers: int = 4, progress: bool = True,
                   overlap: float = 0.25, model_batch: int | None = None,
                   files: Sequence[str] | None = None, engine: str = "torch",
-                  _shard: str | None = None) -> dict:
+                  precision: str = "fp32", _shard: str | None = None) -> dict:
     """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
     bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
 
@@ -199,6 +199,9 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     engine: how the RHM runs: "torch" (the module, default) or "onnxruntime" (exported
     once to ONNX at the working size; about 3x faster on CPU; outputs agree with torch
     to float tolerance, not bit for bit). See ``frerec_fast.engine``.
+    precision: the torch engine's arithmetic: "fp32" (default), "bf16" (CPU or CUDA) or
+    "fp16" (CUDA), the RHM under autocast; the fast setting on tensor-core GPUs. Outputs
+    differ from fp32 by the reduced rounding, reproducibly.
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     (``_shard``: used by ``frerec_fast.distributed``; a shard appends to its own
@@ -221,9 +224,13 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     if mc is not None and mc != cfg.channels:
         raise ValueError(f"the model takes {mc} channel(s) but the index has {cfg.channels}")
     used = {op: backends.resolve_name(op, backend, dev) for op in ("ssim_topk", "shr")}
-    from .engine import ENGINES
+    from .engine import ENGINES, check_precision
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    check_precision(precision, dev)
+    if net is not None and engine != "torch" and precision != "fp32":
+        raise ValueError(f"engine {engine!r} runs fp32 only; precision={precision!r} "
+                         "needs engine='torch'")
     if net is not None and hasattr(net, "modules") and engine == "torch":
         # backend= reaches the RHM's ring pooling too (this sets it on the model passed in).
         from .model.fesa import set_ring_backend
@@ -256,13 +263,14 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     run_id = _run_fingerprint(seed=seed, k=k, calibrate_real=calibrate_real, overlap=overlap,
                               model_batch=micro, index=_index_digest(index),
                               model=_model_digest(net), engine=engine if net is not None else None,
+                              precision=precision if net is not None else None,
                               device=dev.type, backends=used,
                               threads=torch.get_num_threads() if dev.type == "cpu" else None,
                               torch=torch.__version__, frerec_fast=__version__)
 
-    if net is not None and engine != "torch":
+    if net is not None and (engine != "torch" or precision != "fp32"):
         from .engine import build_engine
-        net = build_engine(net, engine, tuple(cfg.work_size), dev)
+        net = build_engine(net, engine, tuple(cfg.work_size), dev, precision=precision)
     dst.mkdir(parents=True, exist_ok=True)
     if _shard is None:  # a shard must not delete the temp files its siblings are writing
         prepare_dst(dst, resume)
@@ -496,7 +504,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         "stage_seconds": vars(stages), "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backends": used, "rhm": net is not None, "engine": engine if net is not None else None,
-        "k": k, "seed": seed,
+        "precision": precision if net is not None else None, "k": k, "seed": seed,
         "batch_size": batch_size, "model_batch": micro, "run": run_id,
         "index": str(index.path) if index.path else None,
         "frequency_gap": _gaps(sample_in, sample_out, index),

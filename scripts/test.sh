@@ -28,4 +28,6 @@ echo "== benchmarks (one smoke round each, --benchmark-disable) =="
 python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 
 echo "== Python tests =="
+# The Triton kernels must run in the CPU interpreter here, never be skipped for it.
+export FREREC_REQUIRE_TRITON_INTERPRETER=1
 python -m pytest tests -q -ra -p no:cacheprovider "$@"

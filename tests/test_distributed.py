@@ -13,10 +13,10 @@ import frerec_fast as ff
 from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.model import RHM, RHMConfig, save_checkpoint
 from frerec_fast.pipeline import REPORT, calibrate_dir
+from tiny_models import TINY
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'frerec_fast[ray]')")
 
-TINY = dict(dim=8, heads=(1, 1, 1, 1), blocks=(1, 1, 1, 1), refinement=0, n_rings=4, n_sectors=8)
 
 
 @pytest.fixture(scope="module")

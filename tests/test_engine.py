@@ -14,28 +14,13 @@ pytest.importorskip("onnx", reason="onnx is not installed (pip install 'frerec_f
 import frerec_fast as ff
 from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.engine import build_engine
-from frerec_fast.model import RHM, RHMConfig, save_checkpoint
+from frerec_fast.model import save_checkpoint
 from frerec_fast.pipeline import calibrate_dir
-
-TINY = dict(dim=8, heads=(1, 1, 1, 1), blocks=(1, 1, 1, 1), refinement=0, n_rings=4, n_sectors=8)
-
-
-def _trained_tiny(c=1):
-    """A tiny RHM after a few steps (BatchNorm running stats are not the defaults)."""
-    torch.manual_seed(0)
-    m = RHM(RHMConfig(in_channels=c, **TINY)).train()
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-    for _ in range(2):
-        x = torch.rand(4, c, 64, 64)
-        ff.model.rhm_loss(m(x), x).backward()
-        opt.step()
-        opt.zero_grad()
-    return m.eval()
-
+from tiny_models import trained_tiny
 
 @pytest.mark.parametrize("c", [1, 3])
 def test_onnx_engine_matches_torch(tmp_path, c):
-    m = _trained_tiny(c)
+    m = trained_tiny(c)
     eng = build_engine(m, "onnxruntime", (64, 64), torch.device("cpu"), cache_dir=tmp_path)
     assert (tmp_path / "rhm.onnx").is_file() and eng.config == m.config
     x = torch.rand(5, c, 64, 64)  # another batch size than exported: the batch is dynamic
@@ -55,7 +40,7 @@ def test_calibrate_dir_with_onnxruntime_engine(tmp_path):
         (src / f.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(f, src / f.parent.name / f.name)
     idx = ff.build_index(real_dir("train"), tmp_path / "idx", progress=False)
-    save_checkpoint(tmp_path / "m", _trained_tiny())
+    save_checkpoint(tmp_path / "m", trained_tiny())
     model = str(tmp_path / "m.safetensors")
     a = calibrate_dir(src, tmp_path / "torch", idx, model=model, device="cpu", k=8, progress=False)
     b = calibrate_dir(src, tmp_path / "ort", idx, model=model, device="cpu", k=8,

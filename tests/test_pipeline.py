@@ -28,8 +28,8 @@ from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.model import RHM, RHMConfig, save_checkpoint
 from frerec_fast.pipeline import MANIFEST, REPORT, calibrate_dir
 from frerec_fast.spectral import frequency_gap, spectral_profile
+from tiny_models import TINY
 
-TINY = dict(dim=8, heads=(1, 1, 1, 1), blocks=(1, 1, 1, 1), refinement=0, n_rings=4, n_sectors=8)
 STAGES = {"decode", "retrieval", "shr", "rhm", "encode"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -1,15 +1,11 @@
 """The onnxruntime engine of the RHM (see the package docstring)."""
 from __future__ import annotations
 
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from ..optional import optional_import
-
-ENGINES = ("torch", "onnxruntime")
 
 
 class OnnxRHM:
@@ -44,24 +40,3 @@ class OnnxRHM:
                              f"inputs, got {tuple(x.shape)}")
         y = self.session.run(None, {"x": x.detach().float().cpu().contiguous().numpy()})[0]
         return torch.from_numpy(y).to(x.device)
-
-
-def build_engine(model, engine: str, size: tuple[int, int], device: torch.device,
-                 cache_dir: str | Path | None = None):
-    """``model`` (an RHM module) as the requested engine for inputs of ``size``.
-
-    engine "torch" returns the module itself; "onnxruntime" exports it (into
-    ``cache_dir``, default a fresh temporary folder) and returns an OnnxRHM.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
-    if engine == "torch" or model is None:
-        return model
-    from ..model import export_onnx
-
-    cache = Path(cache_dir) if cache_dir else Path(tempfile.mkdtemp(prefix="frerec_onnx_"))
-    with warnings.catch_warnings():
-        # The tracer's notes that sizes become constants: by design (fixed H x W graph).
-        warnings.simplefilter("ignore")
-        path = export_onnx(model, cache / "rhm.onnx", (1, model.config.in_channels, *size))
-    return OnnxRHM(path, model.config, size, device)
