@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--batch-size", type=int, default=16)
         s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
         s.add_argument("--backend", default="auto", help="auto|torch|cpp|triton|cuda")
-        s.add_argument("--workers", type=int, default=4, help="decode threads")
+        s.add_argument("--workers", type=int, default=4,
+                       help="decode and encode threads (default 4; use more on a fast GPU)")
         s.add_argument("--model-batch", type=int, default=None,
                        help="fixed micro-batch of retrieval/SHR/RHM (default 8 on CPU, 32 on "
                             "CUDA); outputs are identical for any --batch-size at a given value")

@@ -196,6 +196,9 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     default 8 on CPU, 32 on CUDA. Outputs are reproducible for one device, backend and
     model_batch.
     files: only these paths relative to ``src`` (default: every image under it).
+    workers: decode threads, and encode threads (at least 2); a 256x256 16-bit PNG
+    costs about 5 ms to encode, so a fast GPU needs several (the manifest keeps the
+    input order whatever the thread count).
     engine: how the RHM runs: "torch" (the module, default) or "onnxruntime" (exported
     once to ONNX at the working size; about 3x faster on CPU; outputs agree with torch
     to float tolerance, not bit for bit). See ``frerec_fast.engine``.
@@ -448,7 +451,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
 
     prefetch = max(2 * step, 2 * workers)
     try:
-        with ThreadPoolExecutor(max(1, workers)) as pool, ThreadPoolExecutor(2) as writer:
+        with ThreadPoolExecutor(max(1, workers)) as pool, \
+                ThreadPoolExecutor(max(2, workers)) as writer:
             inflight: deque[Future] = deque()
             it = iter(rels)
             for rel in it:
