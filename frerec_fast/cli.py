@@ -43,6 +43,7 @@ def cmd_calibrate(a) -> int:
     common = dict(index=a.index, model=model, batch_size=a.batch_size, seed=a.seed,
                   backend=a.backend, resume=not a.no_resume, k=a.k, calibrate_real=a.real,
                   workers=a.workers, progress=not a.quiet, model_batch=a.model_batch,
+                  retrieval=a.retrieval, candidates=a.candidates,
                   **({} if a.shr_only else {"engine": a.engine, "precision": a.precision}))
     if a.ray or a.ray_address or a.ray_workers:
         from .distributed import calibrate_dir_ray
@@ -154,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the torch engine's RHM arithmetic: fp32 (default), bf16 "
                                 "(autocast; the fast path on GPUs), fp16 (CUDA only)")
         s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
+        s.add_argument("--retrieval", choices=("exact", "prefilter"), default="exact",
+                       help="exact SSIM against the whole index (default), or prefilter: a "
+                            "short-list by embedding correlation re-ranked by exact SSIM, "
+                            "for large indexes (its recall is measured and reported)")
+        s.add_argument("--candidates", type=int, default=None,
+                       help="prefilter short-list per image (default max(4k, 1024))")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--batch-size", type=int, default=16)
         s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")

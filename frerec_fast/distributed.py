@@ -140,9 +140,15 @@ def merge_reports(reports: list[dict], seconds: float, ratio: float = 0.5) -> di
             out["stage_seconds"][stage] = out["stage_seconds"].get(stage, 0.0) + secs
     out["images_per_s"] = out["ok"] / seconds if seconds else 0.0
     first = reports[0] if reports else {}
-    for key in ("device", "device_name", "backends", "rhm", "k", "seed", "batch_size",
-                "model_batch", "run", "index"):
+    for key in ("device", "device_name", "backends", "rhm", "engine", "precision", "k", "seed",
+                "batch_size", "model_batch", "run", "index", "retrieval"):
         out[key] = first.get(key)
+    # Each shard measured the prefilter's recall on its first micro-batch: pool them.
+    samples = [r["retrieval"] for r in reports if "recall_sample" in (r.get("retrieval") or {})]
+    if samples:
+        n = sum(s["recall_queries"] for s in samples)
+        out["retrieval"] = {**samples[0], "recall_queries": n, "recall_sample": sum(
+            s["recall_sample"] * s["recall_queries"] for s in samples) / n}
     out["frequency_gap"] = _merge_gaps([r.get("frequency_gap") or {} for r in reports], ratio)
     return out
 

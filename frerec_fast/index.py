@@ -125,6 +125,7 @@ class RealIndex:
         # whole index for every batch. Not a dataclass field, so dataclasses.replace()
         # (which may swap a tensor) starts with an empty cache.
         self._device_copies: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._embeddings: dict[str, torch.Tensor] = {}
 
     def tensors_on(self, device: torch.device | str):
         """(thumbs, mu, sigma) on ``device``, copied once and cached (CPU: no copy)."""
@@ -134,6 +135,18 @@ class RealIndex:
             with torch.inference_mode(False):  # cached: must outlive an inference-mode caller
                 got = (self.thumbs.to(device), self.mu.to(device), self.sigma.to(device))
             self._device_copies[key] = got
+        return got
+
+    def embedding_on(self, device: torch.device | str) -> torch.Tensor:
+        """The prefilter embeddings of the thumbnails [N, t * t] on ``device``, computed
+        once and cached (``prefilter.embed_db``)."""
+        key = str(torch.device(device))
+        got = self._embeddings.get(key)
+        if got is None:
+            from .prefilter import embed_db
+            with torch.inference_mode(False):
+                got = embed_db(self.tensors_on(device)[0], device=device)
+            self._embeddings[key] = got
         return got
 
     def __len__(self) -> int:
@@ -149,11 +162,14 @@ class RealIndex:
 
     def neighbours(self, queries: torch.Tensor, k: int = 200,
                    exclude: torch.Tensor | Sequence[int] | None = None,
-                   backend: str = "auto", mode: str = "exact") -> Neighbours:
+                   backend: str = "auto", mode: str = "exact",
+                   candidates: int | None = None) -> Neighbours:
         """Top-k real neighbours by SSIM of each query and their band statistics.
 
         queries: [B, C, H, W] float in [0, 1] (any size; thumbnailed here).
         exclude: optional [B] index positions to skip (self-exclusion; -1 for none).
+        mode: "exact" or "prefilter" (``candidates`` short-listed per query by the
+        cached embeddings, then exact SSIM; see ``frerec_fast.prefilter``).
         Returns: Neighbours with ids, scores [B, k'] and banks [B, k', C],
         k' = min(k, N) (N - 1 with exclude).
         """
@@ -161,7 +177,11 @@ class RealIndex:
         if exclude is not None:
             exclude = torch.as_tensor(exclude, dtype=torch.long, device=q.device)
         thumbs, mu, sigma = self.tensors_on(q.device)
-        scores, ids = ssim_topk(q, thumbs, k, exclude=exclude, mode=mode, backend=backend)
+        extra = {}
+        if mode == "prefilter":
+            extra = {"candidates": candidates, "db_embedding": self.embedding_on(q.device)}
+        scores, ids = ssim_topk(q, thumbs, k, exclude=exclude, mode=mode, backend=backend,
+                                **extra)
         # Gather on the queries' device: no round trip of the ids through the host.
         return Neighbours(ids, scores, mu[ids], sigma[ids])
 

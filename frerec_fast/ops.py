@@ -37,22 +37,25 @@ def ssim_matrix(q: torch.Tensor, db: torch.Tensor, backend: str = "auto") -> tor
 
 
 def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-              mode: str = "exact", backend: str = "auto", candidates: int | None = None):
+              mode: str = "exact", backend: str = "auto", candidates: int | None = None,
+              db_embedding: torch.Tensor | None = None):
     """Top-k database images by SSIM per query, ties to the lower index (SPEC 4).
 
     q: [Q, 1, h, w], db: [N, 1, h, w]; exclude: optional [Q] int64 database index to
     skip per query (-1: none). k is clamped to N (N - 1 when exclude is given).
     mode: "exact" (default) scores every pair; "prefilter" short-lists ``candidates``
-    per query (default max(4k, 1024)) by cosine similarity of 16x16 thumbnails (one
-    GEMM) and re-ranks them by exact SSIM (``backend``'s op): approximate, see
-    ``frerec_fast.prefilter.measure_recall`` for its recall@k against exact mode.
+    per query (default max(4k, 1024)) by the inner product of local-structure
+    embeddings of 16x16 thumbnails (one GEMM; ``db_embedding``: the database's,
+    precomputed with ``prefilter.embed_db``) and re-ranks them by exact SSIM
+    (``backend``'s op): approximate, see ``frerec_fast.prefilter.measure_recall`` for
+    its recall@k against exact mode.
     Returns: scores [Q, k] float32 (descending), idx [Q, k] int64.
     """
     if mode == "prefilter":
         from .prefilter import ssim_topk_prefilter
         # The candidate stage is one matmul (torch); backend picks the re-rank's SSIM.
         return ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=candidates,
-                                   backend=backend)
+                                   backend=backend, db_embedding=db_embedding)
     if mode != "exact":
         raise ValueError(f"mode {mode!r} is not available; use mode='exact' or 'prefilter'")
     return backends.resolve("ssim_topk", backend, q.device)(q, db, k, exclude=exclude)

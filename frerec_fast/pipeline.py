@@ -38,6 +38,7 @@ from .index import RealIndex, resample
 from .ops import shr
 from .seeding import sample_eps
 from .spectral import frequency_gap, luma, spectral_profile
+from .ssim import clamp_k
 from .tiles import cut, stitch
 
 MANIFEST = "frerec_manifest.jsonl"
@@ -177,7 +178,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                   calibrate_real: bool = False, workers: int = 4, progress: bool = True,
                   overlap: float = 0.25, model_batch: int | None = None,
                   files: Sequence[str] | None = None, engine: str = "torch",
-                  precision: str = "fp32", _shard: str | None = None) -> dict:
+                  precision: str = "fp32", retrieval: str = "exact",
+                  candidates: int | None = None, _shard: str | None = None) -> dict:
     """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
     bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
 
@@ -205,6 +207,11 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     precision: the torch engine's arithmetic: "fp32" (default), "bf16" (CPU or CUDA) or
     "fp16" (CUDA), the RHM under autocast; the fast setting on tensor-core GPUs. Outputs
     differ from fp32 by the reduced rounding, reproducibly.
+    retrieval: "exact" (default: SSIM against every index image) or "prefilter"
+    (``candidates`` per tile short-listed by embedding correlation, default
+    max(4k, 1024), then exact SSIM; see ``frerec_fast.prefilter``): for large indexes.
+    Its recall@k against exact mode is measured on the first micro-batch and reported
+    under ``report["retrieval"]``.
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     (``_shard``: used by ``frerec_fast.distributed``; a shard appends to its own
@@ -231,6 +238,11 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
     check_precision(precision, dev)
+    if retrieval not in ("exact", "prefilter"):
+        raise ValueError(f"retrieval must be 'exact' or 'prefilter', got {retrieval!r}")
+    if candidates is not None and (retrieval != "prefilter" or int(candidates) < 1):
+        raise ValueError("candidates needs retrieval='prefilter' and must be >= 1, "
+                         f"got {candidates!r}")
     if net is not None and engine != "torch" and precision != "fp32":
         raise ValueError(f"engine {engine!r} runs fp32 only; precision={precision!r} "
                          "needs engine='torch'")
@@ -267,6 +279,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                               model_batch=micro, index=_index_digest(index),
                               model=_model_digest(net), engine=engine if net is not None else None,
                               precision=precision if net is not None else None,
+                              retrieval=retrieval, candidates=candidates,
                               device=dev.type, backends=used,
                               threads=torch.get_num_threads() if dev.type == "cpu" else None,
                               torch=torch.__version__, frerec_fast=__version__)
@@ -349,6 +362,12 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             fio.write_like(job.items[0], outs[0], out, src / job.rel)
         return fio.file_sha256(out), time.perf_counter() - t0
 
+    recall = {"mode": retrieval}
+    if retrieval == "prefilter":
+        from .prefilter import default_candidates
+        kk = clamp_k(k, len(index), calibrate_real)
+        recall["candidates"] = min(max(int(candidates or default_candidates(kk, len(index))), kk),
+                                   len(index))
     cuda = dev.type == "cuda"
     timers: list = []           # CUDA: (start, after retrieval, after SHR, after RHM) events
     in_flight: deque = deque()  # CUDA: computed micro-batches whose copy to the host runs
@@ -425,7 +444,15 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         eps_sigma = torch.cat([e[1] for e in eps]).to(dev, non_blocking=True)
         t0 = mark()
         exclude = [job.exclude[i] for job, i, _ in batch] if calibrate_real else None
-        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend)
+        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend, mode=retrieval,
+                              candidates=candidates)
+        if retrieval == "prefilter" and "recall_sample" not in recall:
+            # SPEC 4: an approximate mode reports its recall@k against exact mode (once,
+            # on this micro-batch; the exact search counts as retrieval time).
+            from .prefilter import recall_at_k
+            ref = index.neighbours(x[:real], k=k, backend=backend,
+                                   exclude=None if exclude is None else exclude[:real])
+            recall.update(recall_sample=recall_at_k(nb.ids[:real], ref.ids), recall_queries=real)
         t1 = mark()
         y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
                 domain=cfg.domain, backend=backend)
@@ -508,7 +535,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         "stage_seconds": vars(stages), "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backends": used, "rhm": net is not None, "engine": engine if net is not None else None,
-        "precision": precision if net is not None else None, "k": k, "seed": seed,
+        "precision": precision if net is not None else None, "retrieval": recall, "k": k, "seed": seed,
         "batch_size": batch_size, "model_batch": micro, "run": run_id,
         "index": str(index.path) if index.path else None,
         "frequency_gap": _gaps(sample_in, sample_out, index),

@@ -1,0 +1,102 @@
+"""calibrate_dir with retrieval="prefilter" (SPEC 4's approximate mode inside the
+job): same neighbours as exact mode when every index image is a candidate, the
+recall@k it reports checked against the reference ops, fingerprint, CLI, errors."""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import frerec_fast as ff
+from frerec_fast import io as fio
+from frerec_fast import prefilter as pf
+from frerec_fast.datasets import real_dir, synthetic_dir
+from frerec_fast.pipeline import calibrate_dir
+from frerec_fast.ssim import ssim_topk_torch
+
+K, MICRO = 20, 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("retrieval")
+    src = root / "src"
+    for f in sorted(synthetic_dir().rglob("*.png"))[::32]:
+        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, src / f.parent.name / f.name)
+    index = ff.build_index(real_dir("train"), root / "idx", progress=False)
+    return root, src, index
+
+
+def _digests(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*.png"))}
+
+
+def _run(src, dst, index, **kw):
+    return calibrate_dir(src, dst, index, model=False, device="cpu", k=K, progress=False,
+                         model_batch=MICRO, **kw)
+
+
+def test_prefilter_with_every_candidate_equals_exact(setup, tmp_path):
+    _, src, index = setup
+    exact = _run(src, tmp_path / "exact", index)
+    full = _run(src, tmp_path / "full", index, retrieval="prefilter", candidates=len(index))
+    assert exact["ok"] == full["ok"] == 8
+    assert exact["retrieval"] == {"mode": "exact"}
+    assert full["retrieval"] == {"mode": "prefilter", "candidates": len(index),
+                                 "recall_sample": 1.0, "recall_queries": MICRO}
+    assert _digests(tmp_path / "exact") == _digests(tmp_path / "full")
+    # Retrieval settings are in the fingerprint: resuming the exact run in prefilter
+    # mode redoes every file; resuming with the same settings skips them.
+    again = _run(src, tmp_path / "exact", index, retrieval="prefilter", candidates=len(index))
+    assert again["skipped"] == 0 and again["ok"] == 8
+    assert _run(src, tmp_path / "exact", index, retrieval="prefilter",
+                candidates=len(index))["skipped"] == 8
+
+
+def test_reported_recall_matches_the_reference_ops(setup, tmp_path):
+    _, src, index = setup
+    c = 25  # a short list close to K: some true neighbours are missed
+    rep = _run(src, tmp_path / "pf", index, retrieval="prefilter", candidates=c)
+    assert rep["ok"] == 8 and rep["retrieval"]["candidates"] == c
+    # The first micro-batch is the first MICRO files in scan order (one tile each).
+    rels = fio.scan_images(src)[:MICRO]
+    x = torch.stack([torch.from_numpy(fio.read_images(src, r)[0].pixels) for r in rels])
+    q, db = index.thumbnails(x.float()), index.thumbs.float()
+    _, exact = ssim_topk_torch(q, db, K)
+    _, approx = pf.ssim_topk_prefilter(q, db, K, candidates=c)
+    want = pf.recall_at_k(approx, exact)
+    assert rep["retrieval"]["recall_sample"] == pytest.approx(want)
+    assert 0.5 < want < 1.0  # the case is not trivial either way
+    # The index embedded its thumbnails once for all micro-batches, as embed_db does.
+    emb = index.embedding_on("cpu")
+    assert emb is index.embedding_on("cpu") and emb.shape == (len(index), 256)
+    torch.testing.assert_close(emb, pf.embed(index.thumbs))
+
+
+def test_cli_and_errors(setup, tmp_path):
+    root, src, index = setup
+    a = _run(src, tmp_path / "api", index, retrieval="prefilter", candidates=40)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "frerec_fast.cli", "shr", src, tmp_path / "cli", "--index",
+           root / "idx", "--device", "cpu", "-k", K, "--model-batch", MICRO, "-q",
+           "--retrieval", "prefilter", "--candidates", 40]
+    run = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert a["ok"] == 8 and _digests(tmp_path / "cli") == _digests(tmp_path / "api")
+    with pytest.raises(ValueError, match="retrieval must be"):
+        _run(src, tmp_path / "x", index, retrieval="faiss")
+    with pytest.raises(ValueError, match="candidates needs retrieval='prefilter'"):
+        _run(src, tmp_path / "x", index, candidates=100)
