@@ -20,6 +20,21 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _pip_cuda_includes() -> list:
+    """Header folders of the NVIDIA pip wheels a CUDA torch depends on (nvidia/*/include,
+    nvidia/cu13/include): a system CUDA toolkit without some of the libraries whose
+    headers ATen/cuda includes (cusparse.h, cublas_v2.h) still builds the bindings. They
+    come after every other include path (-idirafter), so a full toolkit still wins."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for base in getattr(nvidia, "__path__", []):
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return [flag for d in found for flag in ("-idirafter", d)]
+
+
 def _extensions():
     if _flag("FREREC_NO_EXT"):
         print("frerec_fast: FREREC_NO_EXT=1, building no compiled extension", file=sys.stderr)
@@ -40,7 +55,8 @@ def _extensions():
         ext = CUDAExtension(
             "frerec_fast._C", sources + cu_sources + sorted(glob.glob("csrc/cuda/*.cpp")),
             define_macros=[("FREREC_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", *gencode]},
+            extra_compile_args={"cxx": cxx + _pip_cuda_includes(),
+                                "nvcc": ["-O3", "-std=c++17", *gencode]},
             extra_link_args=link)
         print(f"frerec_fast: building C++ + CUDA extension for sm {archs}", file=sys.stderr)
     else:
