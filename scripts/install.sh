@@ -31,6 +31,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "impo
 else
   echo "[install] frerec_fast is up to date in $VENV"
 fi
+# NVRTC alone (no GPU needed): tests/test_nvrtc_compile.py compiles the .cu files as
+# the CuPy backend does at run time. Only into this CPU venv, never into a CUDA torch
+# environment, whose own NVRTC torch pins.
+$PIP install -q nvidia-cuda-nvrtc==13.0.88
 "$VENV/bin/python" - <<'PY'
 import frerec_fast, frerec_fast._ext as e
 print(f"[install] frerec_fast {frerec_fast.__version__}: C++ extension "

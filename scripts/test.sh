@@ -30,4 +30,6 @@ python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
 echo "== Python tests =="
 # The Triton kernels must run in the CPU interpreter here, never be skipped for it.
 export FREREC_REQUIRE_TRITON_INTERPRETER=1
+# ... and the CUDA sources must compile with NVRTC (the CuPy backend's compiler).
+export FREREC_REQUIRE_NVRTC=1
 python -m pytest tests -q -ra -p no:cacheprovider "$@"
