@@ -146,6 +146,8 @@ def scale_reference(request):
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n_q, n_db = SCALE[dev.type]
     q, db = _inputs(dev.type, n_q, n_db)
+    ff.ssim_topk(q[:2], db[:1024], K, backend="auto")  # first-call costs (JIT, NVRTC) untimed
+    sync(dev)
     t = time.perf_counter()
     exact = ff.ssim_topk(q, db, K, backend="auto")[1]
     sync(dev)

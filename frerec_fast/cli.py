@@ -72,7 +72,16 @@ def summary(rep: dict, dst) -> str:
              f"{rep['skipped']} already done, {rep['failed']} failed; {rep['seconds']:.1f}s, "
              f"{rep['images_per_s']:.1f} img/s on {rep['device_name']} "
              f"(backends: {', '.join(f'{k}={v}' for k, v in rep['backends'].items())})",
-             "  stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in st.items())]
+             "  stage seconds (encode and decode: summed over their threads): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in st.items())]
+    if rep.get("rhm"):
+        lines.append(f"  RHM: engine {rep.get('engine')}, precision {rep.get('precision')}")
+    r = rep.get("retrieval") or {}
+    if r.get("mode") == "prefilter":
+        got = (f"recall@k {r['recall_sample']:.3f} against exact on {r['recall_queries']} "
+               "tile(s) of the first micro-batch" if "recall_sample" in r else
+               f"recall not measured ({r.get('recall_error', 'no micro-batch ran')})")
+        lines.append(f"  retrieval: prefilter, {r['candidates']} candidates per tile; {got}")
     gap = rep.get("frequency_gap") or {}
     if gap:
         gi, go = gap["inputs_vs_index"], gap["outputs_vs_index"]

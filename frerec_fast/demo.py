@@ -80,8 +80,9 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
     except ImportError as e:
         print(f"(no plot: {e})")
     report = {"gaps_vs_heldout": rows, "quality_vs_inputs": quality, "k": k, "seed": seed,
-              "runs": {name: {key: r[key] for key in ("ok", "failed", "errors", "seconds",
-                                                      "images_per_s", "backends", "device")}
+              "runs": {name: {key: r.get(key) for key in (
+                  "ok", "failed", "errors", "seconds", "images_per_s", "stage_seconds",
+                  "backends", "device", "device_name", "engine", "precision")}
                        for name, r in runs.items()}}
     (out / "demo_report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {out / 'demo_report.json'}")

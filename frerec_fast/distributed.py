@@ -56,7 +56,8 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
     gpus_per_worker > 0 runs on CUDA. address: an existing Ray cluster ("auto", or
     "ray://host:port"); None starts a local one for this call (shut down afterwards).
     kwargs: the local job's settings (seed, k, batch_size, model_batch, backend,
-    calibrate_real, overlap, workers = decode threads per task).
+    calibrate_real, overlap, engine, precision, retrieval, candidates, workers = decode
+    and encode threads per task).
     Returns the merged report (also ``dst/frerec_report.json``).
     """
     ray = optional_import("ray", "distributed calibration (pip install 'frerec_fast[ray]')")

@@ -237,12 +237,27 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     from .engine import ENGINES, check_precision
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
-    check_precision(precision, dev)
+    if net is not None:
+        check_precision(precision, dev)
+    kk = clamp_k(k, len(index), calibrate_real)  # before dst is touched: a bad k fails here
     if retrieval not in ("exact", "prefilter"):
         raise ValueError(f"retrieval must be 'exact' or 'prefilter', got {retrieval!r}")
     if candidates is not None and (retrieval != "prefilter" or int(candidates) < 1):
         raise ValueError("candidates needs retrieval='prefilter' and must be >= 1, "
                          f"got {candidates!r}")
+    recall = {"mode": retrieval}
+    search_backend = backend
+    if retrieval == "prefilter":
+        from .prefilter import default_candidates
+        recall["candidates"] = min(max(int(candidates or default_candidates(kk, len(index))),
+                                       kk), len(index))
+        # The short list is re-ranked by the "ssim_pairs" op (torch, cpp): a backend
+        # without one (triton, cuda) re-ranks with the fastest here, named in the report.
+        try:
+            used["ssim_pairs"] = backends.resolve_name("ssim_pairs", backend, dev)
+        except backends.BackendUnavailable:
+            search_backend = "auto"
+            used["ssim_pairs"] = backends.resolve_name("ssim_pairs", "auto", dev)
     if net is not None and engine != "torch" and precision != "fp32":
         raise ValueError(f"engine {engine!r} runs fp32 only; precision={precision!r} "
                          "needs engine='torch'")
@@ -279,7 +294,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                               model_batch=micro, index=_index_digest(index),
                               model=_model_digest(net), engine=engine if net is not None else None,
                               precision=precision if net is not None else None,
-                              retrieval=retrieval, candidates=candidates,
+                              retrieval=retrieval, candidates=recall.get("candidates"),
                               device=dev.type, backends=used,
                               threads=torch.get_num_threads() if dev.type == "cpu" else None,
                               torch=torch.__version__, frerec_fast=__version__)
@@ -362,12 +377,18 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             fio.write_like(job.items[0], outs[0], out, src / job.rel)
         return fio.file_sha256(out), time.perf_counter() - t0
 
-    recall = {"mode": retrieval}
-    if retrieval == "prefilter":
-        from .prefilter import default_candidates
-        kk = clamp_k(k, len(index), calibrate_real)
-        recall["candidates"] = min(max(int(candidates or default_candidates(kk, len(index))), kk),
-                                   len(index))
+    def measure_recall(x, ids, exclude):
+        """SPEC 4: an approximate mode reports its recall@k against exact mode, here on
+        the run's first micro-batch (its exact search counts as retrieval time). Tried
+        once; a failure is reported and never fails the files it was measured on."""
+        from .prefilter import recall_at_k
+        recall["recall_queries"] = x.shape[0]
+        try:
+            ref = index.neighbours(x, k=k, exclude=exclude, backend=backend)
+            recall["recall_sample"] = recall_at_k(ids, ref.ids)
+        except Exception as e:  # noqa: BLE001 - e.g. out of memory on a large index
+            recall["recall_error"] = f"{type(e).__name__}: {e}"
+
     cuda = dev.type == "cuda"
     timers: list = []           # CUDA: (start, after retrieval, after SHR, after RHM) events
     in_flight: deque = deque()  # CUDA: computed micro-batches whose copy to the host runs
@@ -444,15 +465,10 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         eps_sigma = torch.cat([e[1] for e in eps]).to(dev, non_blocking=True)
         t0 = mark()
         exclude = [job.exclude[i] for job, i, _ in batch] if calibrate_real else None
-        nb = index.neighbours(x, k=k, exclude=exclude, backend=backend, mode=retrieval,
-                              candidates=candidates)
-        if retrieval == "prefilter" and "recall_sample" not in recall:
-            # SPEC 4: an approximate mode reports its recall@k against exact mode (once,
-            # on this micro-batch; the exact search counts as retrieval time).
-            from .prefilter import recall_at_k
-            ref = index.neighbours(x[:real], k=k, backend=backend,
-                                   exclude=None if exclude is None else exclude[:real])
-            recall.update(recall_sample=recall_at_k(nb.ids[:real], ref.ids), recall_queries=real)
+        nb = index.neighbours(x, k=k, exclude=exclude, backend=search_backend, mode=retrieval,
+                              candidates=recall.get("candidates"))
+        if retrieval == "prefilter" and "recall_queries" not in recall:
+            measure_recall(x[:real], nb.ids[:real], None if exclude is None else exclude[:real])
         t1 = mark()
         y = shr(x, nb.mu_bank, nb.sigma_bank, eps_mu, eps_sigma, ratio=cfg.ratio,
                 domain=cfg.domain, backend=backend)
@@ -535,7 +551,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
         "stage_seconds": vars(stages), "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "backends": used, "rhm": net is not None, "engine": engine if net is not None else None,
-        "precision": precision if net is not None else None, "retrieval": recall, "k": k, "seed": seed,
+        "precision": precision if net is not None else None, "retrieval": recall,
+        "k": k, "seed": seed,
         "batch_size": batch_size, "model_batch": micro, "run": run_id,
         "index": str(index.path) if index.path else None,
         "frequency_gap": _gaps(sample_in, sample_out, index),

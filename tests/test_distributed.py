@@ -18,7 +18,6 @@ from tiny_models import TINY
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'frerec_fast[ray]')")
 
 
-
 @pytest.fixture(scope="module")
 def cluster():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,

@@ -18,6 +18,7 @@ from frerec_fast.model import save_checkpoint
 from frerec_fast.pipeline import calibrate_dir
 from tiny_models import trained_tiny
 
+
 @pytest.mark.parametrize("c", [1, 3])
 def test_onnx_engine_matches_torch(tmp_path, c):
     m = trained_tiny(c)

@@ -28,18 +28,23 @@ def one_thread():
 
 
 @pytest.mark.parametrize("c", [1, 3])
-def test_bf16_engine_is_close_to_fp32_but_not_fp32(c):
-    m = trained_tiny(c)
-    eng = build_engine(m, "torch", (64, 64), CPU, precision="bf16")
-    assert isinstance(eng, AutocastRHM) and eng.config == m.config
-    x = torch.rand(3, c, 64, 64)
+def test_reduced_precision_is_close_to_fp32_but_not_fp32(device, c):
+    """On --device: bf16 (and fp16 on CUDA) against the same module at fp32."""
+    m = trained_tiny(c).to(device)
+    x = torch.rand(3, c, 64, 64).to(device)
     with torch.inference_mode():
-        ref, y = m(x), eng(x)
-    assert y.dtype == torch.float32 and y.shape == x.shape
-    err = (y - ref).abs().max().item()
-    # bf16 keeps 8 mantissa bits: the residual branch is rounded, the skip path is exact.
-    assert 0 < err < 2e-2, err
-    assert build_engine(m, "torch", (64, 64), CPU, precision="fp32") is m
+        ref = m(x)
+    for precision in ("bf16", "fp16") if device.type == "cuda" else ("bf16",):
+        eng = build_engine(m, "torch", (64, 64), device, precision=precision)
+        assert isinstance(eng, AutocastRHM) and eng.config == m.config
+        with torch.inference_mode():
+            y = eng(x)
+        assert y.dtype == torch.float32 and y.shape == x.shape and y.device == x.device
+        err = (y - ref).abs().max().item()
+        # 8 (bf16) or 11 (fp16) mantissa bits: the residual branch is rounded, the skip
+        # path is exact.
+        assert 0 < err < 2e-2, (precision, err)
+    assert build_engine(m, "torch", (64, 64), device, precision="fp32") is m
 
 
 def test_precision_errors(tmp_path):

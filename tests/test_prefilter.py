@@ -60,17 +60,22 @@ def test_default_candidates():
 
 @pytest.mark.parametrize("h,w", [(32, 32), (23, 29)])
 @pytest.mark.parametrize("k", [1, 10, 200])
-def test_all_candidates_equals_exact(h, w, k):
+def test_all_candidates_equals_exact(device, h, w, k):
+    """On --device (CUDA: embedding, candidate GEMM and re-rank on the GPU), against the
+    CPU reference."""
     db, q = blobs(60, h, w, 1), blobs(5, h, w, 2)
     q = torch.cat([q, db[[3, 59]]])
     for exclude in (None, torch.tensor([-1, 4, -1, 0, 59, 3, 59])):
         es, ei = ssim_topk_torch(q, db, k, exclude=exclude)
-        ps, pi = pf.ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=10_000)
-        assert pi.dtype == torch.int64 and ps.dtype == torch.float32
-        assert pi.shape == ei.shape == (7, min(k, 60 if exclude is None else 59))
-        np.testing.assert_array_equal(pi.numpy(), ei.numpy())
-        # Same formulas as the reference (measured bit-identical on CPU); allow rounding.
-        np.testing.assert_allclose(ps.numpy(), es.numpy(), rtol=0, atol=1e-6)
+        for backend in ("torch", "auto"):
+            ps, pi = pf.ssim_topk_prefilter(
+                q.to(device), db.to(device), k, candidates=10_000, backend=backend,
+                exclude=None if exclude is None else exclude.to(device))
+            assert pi.dtype == torch.int64 and ps.dtype == torch.float32
+            assert pi.shape == ei.shape == (7, min(k, 60 if exclude is None else 59))
+            np.testing.assert_array_equal(pi.cpu().numpy(), ei.numpy())
+            # Same formulas as the reference (bit-identical on CPU); allow rounding.
+            np.testing.assert_allclose(ps.cpu().numpy(), es.numpy(), rtol=0, atol=1e-5)
 
 
 def test_recall_on_structured_images():
@@ -112,7 +117,8 @@ def _embed_numpy(x: np.ndarray, t: int) -> np.ndarray:
         mu = blur(im)
         var = np.maximum(blur(im * im) - mu * mu, 0.0)
         e = ((im - mu) / np.sqrt(var + pf.EMBED_C)).ravel()
-        out[i] = 0.0 if np.sqrt(((im - im.mean()) ** 2).mean()) <= pf.FLAT_RMS else e / np.linalg.norm(e)
+        flat = np.sqrt(((im - im.mean()) ** 2).mean()) <= pf.FLAT_RMS
+        out[i] = 0.0 if flat else e / np.linalg.norm(e)
     return out
 
 

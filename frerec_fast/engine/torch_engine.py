@@ -13,7 +13,8 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" \
+            and torch.cuda.get_device_capability(device)[0] < 8:  # bf16 tensor cores: Ampere+
         raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use 'fp16' or 'fp32'")
 
 

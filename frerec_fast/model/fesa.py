@@ -129,9 +129,11 @@ class FrequencyBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        # float32 whatever the autocast dtype: cuFFT has no bf16 and does fp16 only for
-        # power-of-two sizes.
-        re, im = _dft.rfft2(x.float(), self.dft)                           # [B, C, H, Wh]
+        # float32 whatever the autocast dtype, in both DFT modes: cuFFT has no bf16 and
+        # does fp16 only for power-of-two sizes, and the matmul DFT would otherwise run
+        # its products at the autocast dtype.
+        with torch.autocast(x.device.type, enabled=False):
+            re, im = _dft.rfft2(x.float(), self.dft)                       # [B, C, H, Wh]
         idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device, w=w)
         n_bins = self.n_rings * self.n_sectors
         if self.backend == "torch" or _graph_capture(x):
@@ -142,7 +144,10 @@ class FrequencyBranch(nn.Module):
         polar = pool_amplitude(re, im, idx, n_bins).reshape(-1, 1, self.n_sectors, self.n_rings)
         mod = torch.sigmoid(self.gate(polar)) * self.value(polar)          # [B, 1, S, R]
         mask = scatter(mod.reshape(-1, n_bins), idx).unsqueeze(1)          # [B, 1, H, Wh]
-        return self.project_out(_dft.irfft2(re * mask, im * mask, (h, w), self.dft))
+        with torch.autocast(x.device.type, enabled=False):
+            mask = mask.float()
+            y = _dft.irfft2(re * mask, im * mask, (h, w), self.dft)        # [B, C, H, W]
+        return self.project_out(y)
 
 
 class FESA(nn.Module):
