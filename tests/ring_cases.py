@@ -31,3 +31,30 @@ def spectrum(b, c, h, w_half, dtype, device="cpu", *, seed, zeros=True):
 def close(got, want, dtype=torch.float32):
     assert got.dtype == want.dtype and got.shape == want.shape and got.device == want.device
     torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def pool_scatter_pair(pool, scatter, h, w_half, n_rings, n_sectors, b,
+                      dtype=torch.float32, device="cpu"):
+    """A backend's ring_pool and ring_scatter, and the torch reference's, forward and
+    backward on the same random inputs and upstream gradients.
+
+    Returns (fast, ref), each (pool output, grad of the amplitude, scatter output,
+    grad of the values).
+    """
+    from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
+
+    idx = ring_sector_index(h, w_half, n_rings, n_sectors, device=device)
+    n_bins = n_rings * n_sectors
+    g = torch.Generator().manual_seed(h * 100 + w_half)
+    amp, up_pool, vals, up_scatter = (
+        f(*shape, generator=g, dtype=dtype).to(device) for f, shape in (
+            (torch.rand, (b, h, w_half)), (torch.randn, (b, n_bins)),
+            (torch.randn, (b, n_bins)), (torch.randn, (b, h, w_half))))
+    outs = []
+    for pool_fn, scatter_fn in ((pool, scatter), (ring_pool, ring_scatter)):
+        a, v = amp.clone().requires_grad_(), vals.clone().requires_grad_()
+        p, s = pool_fn(a, idx, n_bins), scatter_fn(v, idx)
+        (p * up_pool).sum().backward()
+        (s * up_scatter).sum().backward()
+        outs.append((p.detach(), a.grad, s.detach(), v.grad))
+    return outs[0], outs[1]

@@ -1,6 +1,4 @@
 """The dispatch module: auto choice, clear errors, no silent fallback."""
-import os
-
 import pytest
 import torch
 

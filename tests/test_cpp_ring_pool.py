@@ -10,7 +10,8 @@ from frerec_fast.model import fesa as fesa_mod
 from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_ring_backend
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cpp
-from ring_cases import CASES as BASE_CASES, close as _close, spectrum as _spectrum
+from ring_cases import CASES as BASE_CASES, close as _close, pool_scatter_pair
+from ring_cases import spectrum as _spectrum
 
 pytestmark = needs_cpp
 
@@ -31,25 +32,11 @@ def _fns():
 @pytest.mark.parametrize("h,w_half,n_rings,n_sectors,b,c", CASES)
 def test_pool_and_scatter_forward_backward(h, w_half, n_rings, n_sectors, b, c, dtype):
     fns = _fns()
-    idx = ring_sector_index(h, w_half, n_rings, n_sectors)
-    n_bins = n_rings * n_sectors
-    g = torch.Generator().manual_seed(h * 100 + w_half)
-    amp = torch.rand(b, h, w_half, generator=g, dtype=dtype)
-    up_pool = torch.randn(b, n_bins, generator=g, dtype=dtype)
-    vals = torch.randn(b, n_bins, generator=g, dtype=dtype)
-    up_scatter = torch.randn(b, h, w_half, generator=g, dtype=dtype)
-
-    outs = {}
-    for name, pool, scatter in (("cpp", fns["ring_pool"], fns["ring_scatter"]),
-                                ("ref", ring_pool, ring_scatter)):
-        a = amp.clone().requires_grad_()
-        v = vals.clone().requires_grad_()
-        p, s = pool(a, idx, n_bins), scatter(v, idx)
-        (p * up_pool).sum().backward()
-        (s * up_scatter).sum().backward()
-        outs[name] = (p.detach(), a.grad, s.detach(), v.grad)
-    for got, want in zip(outs["cpp"], outs["ref"]):
+    fast, ref = pool_scatter_pair(fns["ring_pool"], fns["ring_scatter"], h, w_half, n_rings,
+                                  n_sectors, b, dtype)
+    for got, want in zip(fast, ref):
         _close(got, want, dtype)
+    outs = {"cpp": fast, "ref": ref}
     # Scatter is a pure gather, and the pool's backward a gather of grad / count: exact.
     assert torch.equal(outs["cpp"][2], outs["ref"][2])
     assert torch.equal(outs["cpp"][1], outs["ref"][1])

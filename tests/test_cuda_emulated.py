@@ -46,11 +46,12 @@ import frerec_fast as ff  # noqa: E402
 from frerec_fast.fast import ring_pool_cuda, shr_cuda, ssim_cuda  # noqa: E402
 from frerec_fast.fast.ring_plan import ring_plan  # noqa: E402
 from frerec_fast.model.fesa import ring_pool_amplitude  # noqa: E402
-from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index  # noqa: E402
+from frerec_fast.model.ring_pool import ring_sector_index  # noqa: E402
 from frerec_fast.spectral import high_band_mask  # noqa: E402
 from frerec_fast.ssim import (gaussian_window, local_stats, ssim_matrix_torch,  # noqa: E402
                               ssim_topk_torch)
-from ring_cases import CASES as RING_CASES, close as ring_close, spectrum  # noqa: E402
+from ring_cases import CASES as RING_CASES, close as ring_close, pool_scatter_pair  # noqa: E402
+from ring_cases import spectrum  # noqa: E402
 from ssim_oracles import (assert_float32_accuracy, brute_topk, f64_matrix, images,  # noqa: E402
                           sk_matrix)
 
@@ -458,23 +459,11 @@ def test_ring_pool_and_scatter_forward_backward(ring_backend, h, w_half, n_rings
     # Pool forward: the pool kernel in mean mode (one warp per bin, shuffle tree); its
     # backward: scatter with div_count. Scatter forward: the scatter kernel; its
     # backward: the pool kernel in sum mode.
-    idx = ring_sector_index(h, w_half, n_rings, n_sectors)
-    n_bins = n_rings * n_sectors
-    g = torch.Generator().manual_seed(h * 100 + w_half)
-    amp = torch.rand(b, h, w_half, generator=g, dtype=dtype)
-    up_pool = torch.randn(b, n_bins, generator=g, dtype=dtype)
-    vals = torch.randn(b, n_bins, generator=g, dtype=dtype)
-    up_scatter = torch.randn(b, h, w_half, generator=g, dtype=dtype)
-    outs = {}
-    for name, pool, scatter in (("emu", ring_backend.ring_pool, ring_backend.ring_scatter),
-                                ("ref", ring_pool, ring_scatter)):
-        a, v = amp.clone().requires_grad_(), vals.clone().requires_grad_()
-        p, s = pool(a, idx, n_bins), scatter(v, idx)
-        (p * up_pool).sum().backward()
-        (s * up_scatter).sum().backward()
-        outs[name] = (p.detach(), a.grad, s.detach(), v.grad)
-    for got, want in zip(outs["emu"], outs["ref"]):
+    fast, ref = pool_scatter_pair(ring_backend.ring_pool, ring_backend.ring_scatter, h, w_half,
+                                  n_rings, n_sectors, b, dtype)
+    for got, want in zip(fast, ref):
         ring_close(got, want, dtype)
+    outs = {"emu": fast, "ref": ref}
     # Scatter is a pure gather, and the pool's backward a gather of grad / count: exact.
     assert torch.equal(outs["emu"][2], outs["ref"][2])
     assert torch.equal(outs["emu"][1], outs["ref"][1])

@@ -1,7 +1,6 @@
 """The onnxruntime RHM engine: a real ONNX export run by a real onnxruntime session,
 against the torch module, alone and inside calibrate_dir."""
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,10 +11,11 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'frerec_fast[onnx]')")
 
 import frerec_fast as ff
-from frerec_fast.datasets import real_dir, synthetic_dir
+from frerec_fast.datasets import real_dir
 from frerec_fast.engine import build_engine
 from frerec_fast.model import save_checkpoint
 from frerec_fast.pipeline import calibrate_dir
+from run_helpers import copy_synth_sample
 from tiny_models import trained_tiny
 
 
@@ -36,10 +36,7 @@ def test_onnx_engine_matches_torch(tmp_path, c):
 
 
 def test_calibrate_dir_with_onnxruntime_engine(tmp_path):
-    src = tmp_path / "src"
-    for f in sorted(synthetic_dir().rglob("*.png"))[::32]:
-        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, src / f.parent.name / f.name)
+    src = copy_synth_sample(tmp_path / "src")
     idx = ff.build_index(real_dir("train"), tmp_path / "idx", progress=False)
     save_checkpoint(tmp_path / "m", trained_tiny())
     model = str(tmp_path / "m.safetensors")

@@ -28,18 +28,14 @@ from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.model import RHM, RHMConfig, save_checkpoint
 from frerec_fast.pipeline import MANIFEST, REPORT, calibrate_dir
 from frerec_fast.spectral import frequency_gap, spectral_profile
+from run_helpers import one_thread  # noqa: F401 - a fixture
 from tiny_models import TINY
 
 STAGES = {"decode", "retrieval", "shr", "rhm", "encode"}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(channels: int = 1) -> RHM:

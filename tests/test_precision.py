@@ -1,8 +1,6 @@
 """Reduced-precision RHM (engine "torch", precision bf16/fp16): the module under a real
 torch.autocast, alone and inside calibrate_dir (bytes, fingerprint, errors)."""
-import hashlib
 import os
-import shutil
 import subprocess
 import sys
 
@@ -10,21 +8,17 @@ import pytest
 import torch
 
 import frerec_fast as ff
-from frerec_fast.datasets import real_dir, synthetic_dir
+from frerec_fast.datasets import real_dir
 from frerec_fast.engine import AutocastRHM, build_engine
 from frerec_fast.model import save_checkpoint
 from frerec_fast.pipeline import calibrate_dir
+from run_helpers import copy_synth_sample, one_thread, png_digests  # noqa: F401
 from tiny_models import trained_tiny
 
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # bytes are compared between runs with one thread count
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("c", [1, 3])
@@ -57,16 +51,8 @@ def test_precision_errors(tmp_path):
         build_engine(m, "onnxruntime", (64, 64), CPU, precision="bf16")
 
 
-def _digests(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
-
-
 def test_calibrate_dir_bf16(tmp_path):
-    src = tmp_path / "src"
-    for f in sorted(synthetic_dir().rglob("*.png"))[::32]:
-        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, src / f.parent.name / f.name)
+    src = copy_synth_sample(tmp_path / "src")
     idx = ff.build_index(real_dir("train"), tmp_path / "idx", progress=False)
     save_checkpoint(tmp_path / "m", trained_tiny())
     common = dict(index=idx, model=str(tmp_path / "m.safetensors"), device="cpu", k=8,
@@ -77,12 +63,12 @@ def test_calibrate_dir_bf16(tmp_path):
     assert a["ok"] == b["ok"] == f["ok"] == 8
     assert a["precision"] == "bf16" and f["precision"] == "fp32"
     # Same bytes whatever the batch size; other bytes than fp32 (8 mantissa bits).
-    assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
-    assert _digests(tmp_path / "a") != _digests(tmp_path / "f")
+    assert png_digests(tmp_path / "a") == png_digests(tmp_path / "b")
+    assert png_digests(tmp_path / "a") != png_digests(tmp_path / "f")
     # The precision is in the fingerprint: resuming the bf16 run at fp32 redoes every file.
     c = calibrate_dir(src, tmp_path / "a", **common)
     assert c["skipped"] == 0 and c["ok"] == 8
-    assert _digests(tmp_path / "a") == _digests(tmp_path / "f")
+    assert png_digests(tmp_path / "a") == png_digests(tmp_path / "f")
     d = calibrate_dir(src, tmp_path / "b", precision="bf16", **common)
     assert d["skipped"] == 8
     # The CLI's --precision is the same setting (same bytes at the same thread count).
@@ -93,7 +79,7 @@ def test_calibrate_dir_bf16(tmp_path):
     run = subprocess.run([*map(str, cli), "--precision", "bf16"], capture_output=True, text=True,
                          env=env)
     assert run.returncode == 0, run.stderr
-    assert _digests(tmp_path / "cli") == _digests(tmp_path / "b")
+    assert png_digests(tmp_path / "cli") == png_digests(tmp_path / "b")
     run = subprocess.run([*map(str, cli), "--precision", "fp16"], capture_output=True, text=True,
                          env=env)
     assert run.returncode == 2 and "fp16" in run.stderr and "CUDA" in run.stderr

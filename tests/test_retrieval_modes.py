@@ -1,7 +1,6 @@
 """calibrate_dir with retrieval="prefilter" (SPEC 4's approximate mode inside the
 job): same neighbours as exact mode when every index image is a candidate, the
 recall@k it reports checked against the reference ops, fingerprint, CLI, errors."""
-import hashlib
 import os
 import shutil
 import subprocess
@@ -13,35 +12,23 @@ import torch
 import frerec_fast as ff
 from frerec_fast import io as fio
 from frerec_fast import prefilter as pf
-from frerec_fast.datasets import real_dir, synthetic_dir
+from frerec_fast.datasets import real_dir
 from frerec_fast.pipeline import calibrate_dir
 from frerec_fast.ssim import ssim_topk_torch
+from run_helpers import copy_synth_sample, one_thread, png_digests  # noqa: F401
 
 K, MICRO = 20, 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("retrieval")
-    src = root / "src"
-    for f in sorted(synthetic_dir().rglob("*.png"))[::32]:
-        (src / f.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy(f, src / f.parent.name / f.name)
+    src = copy_synth_sample(root / "src")
     index = ff.build_index(real_dir("train"), root / "idx", progress=False)
     return root, src, index
-
-
-def _digests(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.png"))}
 
 
 def _run(src, dst, index, **kw):
@@ -57,7 +44,7 @@ def test_prefilter_with_every_candidate_equals_exact(setup, tmp_path):
     assert exact["retrieval"] == {"mode": "exact"}
     assert full["retrieval"] == {"mode": "prefilter", "candidates": len(index),
                                  "recall_sample": 1.0, "recall_queries": MICRO}
-    assert _digests(tmp_path / "exact") == _digests(tmp_path / "full")
+    assert png_digests(tmp_path / "exact") == png_digests(tmp_path / "full")
     # Retrieval settings are in the fingerprint: resuming the exact run in prefilter
     # mode redoes every file; resuming with the same settings skips them.
     again = _run(src, tmp_path / "exact", index, retrieval="prefilter", candidates=len(index))
@@ -99,7 +86,7 @@ def test_cli_and_errors(setup, tmp_path):
            "--retrieval", "prefilter", "--candidates", 40]
     run = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stderr
-    assert a["ok"] == 8 and _digests(tmp_path / "cli") == _digests(tmp_path / "api")
+    assert a["ok"] == 8 and png_digests(tmp_path / "cli") == png_digests(tmp_path / "api")
     with pytest.raises(ValueError, match="retrieval must be"):
         _run(src, tmp_path / "x", index, retrieval="faiss")
     with pytest.raises(ValueError, match="candidates needs retrieval='prefilter'"):

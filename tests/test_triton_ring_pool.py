@@ -18,7 +18,7 @@ from frerec_fast.model import fesa as fesa_mod
 from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_ring_backend
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cuda
-from ring_cases import CASES, close as _close, spectrum as _spectrum
+from ring_cases import CASES, close as _close, pool_scatter_pair, spectrum as _spectrum
 
 def _device_for(backend, device):
     if backend == "cuda":
@@ -45,25 +45,11 @@ def impl(request, device):
 @pytest.mark.parametrize("h,w_half,n_rings,n_sectors,b,c", CASES)
 def test_pool_and_scatter_forward_backward(impl, h, w_half, n_rings, n_sectors, b, c):
     _, dev, fns = impl
-    idx = ring_sector_index(h, w_half, n_rings, n_sectors, device=dev)
-    n_bins = n_rings * n_sectors
-    g = torch.Generator().manual_seed(h * 100 + w_half)
-    amp = torch.rand(b, h, w_half, generator=g).to(dev)
-    up_pool = torch.randn(b, n_bins, generator=g).to(dev)
-    vals = torch.randn(b, n_bins, generator=g).to(dev)
-    up_scatter = torch.randn(b, h, w_half, generator=g).to(dev)
-
-    outs = {}
-    for name, pool, scatter in (("fast", fns["ring_pool"], fns["ring_scatter"]),
-                                ("ref", ring_pool, ring_scatter)):
-        a = amp.clone().requires_grad_()
-        v = vals.clone().requires_grad_()
-        p, s = pool(a, idx, n_bins), scatter(v, idx)
-        (p * up_pool).sum().backward()
-        (s * up_scatter).sum().backward()
-        outs[name] = (p.detach(), a.grad, s.detach(), v.grad)
-    for got, want in zip(outs["fast"], outs["ref"]):
+    fast, ref = pool_scatter_pair(fns["ring_pool"], fns["ring_scatter"], h, w_half, n_rings,
+                                  n_sectors, b, device=dev)
+    for got, want in zip(fast, ref):
         _close(got, want)
+    outs = {"fast": fast, "ref": ref}
     # Scatter is a pure gather: exact.
     assert torch.equal(outs["fast"][2], outs["ref"][2])
 

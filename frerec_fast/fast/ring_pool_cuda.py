@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter, native,
+from .ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter,
                         ring_autograd, ring_plan)
 
 _WARPS = 4        # FREREC_RING_WARPS in ring_pool.cu: bins per block of the pool kernel

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 # Named model sizes. "paper" is SPEC 5's default; "small" is the shipped CPU model's;
 # "tiny" is for smoke tests. Individual --dim/--heads/... flags override a preset.
