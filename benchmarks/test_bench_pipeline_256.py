@@ -11,7 +11,8 @@ Rows of group ``calibrate-<device>-256x256-<model>`` (``extra_info["backend"]``)
 ``torch`` is the RHM forward alone at fp32 over the same images in the pipeline's
 micro-batches (the engine's own rate: every ratio divides it), ``bf16`` the same under
 autocast, ``e2e-fp32`` / ``e2e-bf16`` the whole job (decode -> retrieval -> SHR -> RHM ->
-encode, manifest and report), with per-stage seconds in ``extra_info``. A ratio of
+encode, manifest and report), with per-stage seconds in ``extra_info`` (decode and
+encode: summed over their threads, so their images/s there is per thread). A ratio of
 e2e-bf16 near that of bf16 means the pipeline keeps the GPU busy.
 
 On CPU the paper-size model would take seconds per image, so the CPU rows use a tiny

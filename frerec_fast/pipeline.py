@@ -638,14 +638,27 @@ def _model_digest(net) -> str | None:
         return None
     if not hasattr(net, "state_dict"):
         return f"{type(net).__module__}.{type(net).__qualname__}"
-    h = hashlib.sha256()
+    state = sorted(net.state_dict(keep_vars=True).items())  # the tensors themselves: stable ids
     cfg = getattr(net, "config", None)
-    if cfg is not None and hasattr(cfg, "to_dict"):
-        h.update(json.dumps(cfg.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(net.state_dict().items()):
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True) if hasattr(cfg, "to_dict") else ""
+    # Hashing copies every weight to the host (120 MB for the paper-size RHM): cached on
+    # the module while no tensor was replaced (id, storage pointer, dtype, device) or
+    # changed in place (torch's per-tensor version counter, bumped by every such update).
+    key = (cfg_json, tuple((name, id(t), t.data_ptr(), t.dtype, t.device, t._version)
+                           for name, t in state))
+    cached = getattr(net, "_frerec_digest", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256(cfg_json.encode())
+    for name, t in state:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    digest = h.hexdigest()
+    try:
+        net._frerec_digest = (key, digest)
+    except AttributeError:  # a module that refuses new attributes: hash every time
+        pass
+    return digest
 
 
 def _run_fingerprint(**settings) -> str:

@@ -505,3 +505,32 @@ def test_calibrate_real_excludes_each_nifti_slice(tmp_path):
     assert sorted(seen) == sorted(own.values())  # each slice excluded its own entry
     for pos, ids in seen.items():
         assert pos not in ids
+
+
+def test_model_digest_tracks_weight_changes():
+    """The run fingerprint's model hash is cached on the module: every kind of weight
+    change must still change it, and it must equal a fresh module's hash of the same
+    weights (which has no cache)."""
+    from frerec_fast.pipeline import _model_digest
+
+    def fresh(m):
+        other = tiny_model()
+        other.load_state_dict(m.state_dict())
+        return _model_digest(other)
+
+    m = tiny_model()
+    d0 = _model_digest(m)
+    seen = {d0}
+    assert _model_digest(m) == d0 == fresh(m)
+    p = next(m.parameters())
+    with torch.no_grad():
+        p.add_(1e-3)                                   # in place: version counter
+    d = _model_digest(m)
+    assert d not in seen and d == fresh(m)
+    seen.add(d)
+    p.data = p.data * 2                                # storage swapped, no version bump
+    d = _model_digest(m)
+    assert d not in seen and d == fresh(m)
+    seen.add(d)
+    m.load_state_dict(tiny_model().state_dict())       # copied in place: the initial weights
+    assert _model_digest(m) == d0
