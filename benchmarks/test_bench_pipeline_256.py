@@ -59,7 +59,9 @@ def setup256(tmp_path_factory, request):
     index = ff.build_index(root / "real", root / "idx", work_size=SIZE, progress=False)
     synth = load_images("synthetic")
     if dev.type == "cuda" and not disabled:
-        name, cfg, n_in, copies = "paper", RHMConfig(), len(synth), 4      # 1024 images
+        # 512 images: ~1 s at the 600 img/s goal, and the whole file stays within the
+        # GPU check's few minutes if fp32 runs at only ~50 img/s.
+        name, cfg, n_in, copies = "paper", RHMConfig(), len(synth), 2
     else:
         name, cfg, n_in, copies = "tiny", TINY, (4 if disabled else 16), 1
     n = _write(synth[:n_in], root / "src", "s", copies)
@@ -94,7 +96,7 @@ def test_rhm_engine_rate(benchmark, setup256, precision):
                                 items=steps * micro, size=SIZE, model=name, device=str(dev),
                                 device_name=torch.cuda.get_device_name(dev)
                                 if dev.type == "cuda" else "cpu")
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=2, iterations=1, warmup_rounds=1)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
