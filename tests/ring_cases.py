@@ -58,3 +58,20 @@ def pool_scatter_pair(pool, scatter, h, w_half, n_rings, n_sectors, b,
         (s * up_scatter).sum().backward()
         outs.append((p.detach(), a.grad, s.detach(), v.grad))
     return outs[0], outs[1]
+
+
+def amplitude_pool_pair(fused, re0, im0, idx, n_bins, up):
+    """A backend's fused ring_pool_amplitude and the torch reference's, forward and
+    backward (upstream gradient ``up`` [B, n_bins]) on copies of re0, im0.
+
+    Returns (fast, ref), each (output, grad of re, grad of im).
+    """
+    from frerec_fast.model.fesa import ring_pool_amplitude
+
+    outs = []
+    for fn in (fused, ring_pool_amplitude):
+        re, im = re0.clone().requires_grad_(), im0.clone().requires_grad_()
+        out = fn(re, im, idx, n_bins)
+        (out * up).sum().backward()
+        outs.append((out.detach(), re.grad, im.grad))
+    return outs[0], outs[1]

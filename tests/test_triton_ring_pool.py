@@ -18,7 +18,8 @@ from frerec_fast.model import fesa as fesa_mod
 from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_ring_backend
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cuda
-from ring_cases import CASES, close as _close, pool_scatter_pair, spectrum as _spectrum
+from ring_cases import CASES, amplitude_pool_pair, close as _close, pool_scatter_pair
+from ring_cases import spectrum as _spectrum
 
 def _device_for(backend, device):
     if backend == "cuda":
@@ -61,12 +62,8 @@ def test_fused_amplitude_pool(impl, h, w_half, n_rings, n_sectors, b, c):
     n_bins = n_rings * n_sectors
     re0, im0 = _spectrum(b, c, h, w_half, torch.float32, dev, seed=h + 7 * c)
     up = torch.randn(b, n_bins, generator=torch.Generator().manual_seed(3)).to(dev)
-    res = {}
-    for name, fn in (("fast", fns["ring_pool_amplitude"]), ("ref", ring_pool_amplitude)):
-        re, im = re0.clone().requires_grad_(), im0.clone().requires_grad_()
-        out = fn(re, im, idx, n_bins)
-        (out * up).sum().backward()
-        res[name] = (out.detach(), re.grad, im.grad)
+    fast, ref = amplitude_pool_pair(fns["ring_pool_amplitude"], re0, im0, idx, n_bins, up)
+    res = {"fast": fast, "ref": ref}
     for got, want in zip(res["fast"], res["ref"]):
         _close(got, want)
     zero = (re0 == 0) & (im0 == 0)
@@ -99,12 +96,8 @@ def test_many_tiles_triton(device, monkeypatch):
     idx = ring_sector_index(9, 6, 2, 3, device=device)                 # 54 positions, 6 bins
     re0, im0 = _spectrum(2, 2, 9, 6, torch.float32, device, seed=12)
     up = torch.randn(2, 6).to(device)
-    res = {}
-    for name, fn in (("fast", kring.ring_pool_amplitude), ("ref", ring_pool_amplitude)):
-        re, im = re0.clone().requires_grad_(), im0.clone().requires_grad_()
-        out = fn(re, im, idx, 6)
-        (out * up).sum().backward()
-        res[name] = (out.detach(), re.grad, im.grad)
+    fast, ref = amplitude_pool_pair(kring.ring_pool_amplitude, re0, im0, idx, 6, up)
+    res = {"fast": fast, "ref": ref}
     for got, want in zip(res["fast"], res["ref"]):
         _close(got, want)
     vals = torch.randn(2, 6).to(device)
