@@ -42,6 +42,8 @@ from .ssim import clamp_k
 from .tiles import cut, stitch
 
 MANIFEST = "frerec_manifest.jsonl"
+# torch.OutOfMemoryError since torch 2.5; torch.cuda.OutOfMemoryError before (same class).
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 REPORT = "frerec_report.json"
 GAP_SAMPLE = 256
 # Default micro-batch (tiles per compute call) per device type; see the module docstring.
@@ -417,6 +419,13 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                     if len(sample_out) < GAP_SAMPLE:
                         sample_out.append(tiles[0].clone())  # not a view of the whole batch
 
+    def compute_error(job: _Job, e: Exception) -> str:
+        why = f"{src / job.rel}: calibration failed ({type(e).__name__}: {e})"
+        if isinstance(e, _OOM):
+            why += (f"; out of memory at model_batch={micro}: rerun with a smaller "
+                    "--model-batch (a new fingerprint: every file is then redone)")
+        return why
+
     def drain(writer: ThreadPoolExecutor, keep: int = 0):
         while len(in_flight) > keep:
             batch, real, y, done = in_flight.popleft()
@@ -424,7 +433,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
                 done.synchronize()
             except Exception as e:  # noqa: BLE001 - an asynchronous CUDA error of this batch
                 for job in {id(j): j for j, _, _ in batch[:real]}.values():
-                    fail_job(job, f"{src / job.rel}: calibration failed ({type(e).__name__}: {e})")
+                    fail_job(job, compute_error(job, e))
                 continue
             deliver(batch, real, y, writer)
 
@@ -452,7 +461,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
             # Every file with a tile here is recorded as failed (a resumed run retries it);
             # other files never shared this computation, so their bytes are unaffected.
             for job in {id(j): j for j, _, _ in batch[:real]}.values():
-                fail_job(job, f"{src / job.rel}: calibration failed ({type(e).__name__}: {e})")
+                fail_job(job, compute_error(job, e))
 
     def compute(batch, real: int, writer: ThreadPoolExecutor):
         x = torch.stack([job.tiles[i][t] for job, i, t in batch])

@@ -405,33 +405,37 @@ def test_calibrate_real_excludes_self_by_content(work, tmp_path):
 
 
 class _FailsOnCall(torch.nn.Module):
-    """A real RHM that raises on its n-th forward call (a stand-in for an OOM or a
-    kernel error in one micro-batch), or returns NaN there with nan=True."""
+    """A real RHM that fails on its n-th forward call: "error" raises a RuntimeError (a
+    kernel error in one micro-batch), "oom" torch's out-of-memory error, "nan" returns
+    NaN there."""
 
-    def __init__(self, n: int, nan: bool = False):
+    def __init__(self, n: int, how: str = "error"):
         super().__init__()
-        self.net, self.n, self.nan, self.calls = tiny_model(), n, nan, 0
+        self.net, self.n, self.how, self.calls = tiny_model(), n, how, 0
         self.config = self.net.config
 
     def forward(self, x):
         self.calls += 1
         if self.calls == self.n:
-            if self.nan:
+            if self.how == "nan":
                 return self.net(x) * float("nan")
-            raise RuntimeError("simulated out of memory")
+            oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+            raise (oom if self.how == "oom" else RuntimeError)("simulated failure")
         return self.net(x)
 
 
-@pytest.mark.parametrize("nan", [False, True])
-def test_compute_failure_fails_only_that_micro_batch(work, tmp_path, nan):
+@pytest.mark.parametrize("how", ["error", "oom", "nan"])
+def test_compute_failure_fails_only_that_micro_batch(work, tmp_path, how):
     src = tmp_path / "src"
     rels = copy_synth(src, 12)
-    rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(2, nan),
+    rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(2, how),
                         device="cpu", k=8, batch_size=4, model_batch=4, progress=False)
     # Micro-batch 2 holds files 5-8 in scan order: exactly those fail, with the reason.
     assert rep["failed"] == 4 and rep["ok"] == 8, rep["errors"]
-    reason = "non-finite" if nan else "simulated out of memory"
+    reason = {"error": "simulated failure", "oom": "smaller --model-batch",
+              "nan": "non-finite"}[how]
     assert all(reason in e for e in rep["errors"].values())
+    assert all(("model_batch=4" in e) == (how == "oom") for e in rep["errors"].values())
     assert sorted(rep["errors"]) == rels[4:8]
     # The others are written, and equal to a run whose model never fails.
     good = calibrate_dir(src, tmp_path / "good", work / "idx", model=tiny_model(), device="cpu",
