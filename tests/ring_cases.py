@@ -75,3 +75,22 @@ def amplitude_pool_pair(fused, re0, im0, idx, n_bins, up):
         (out * up).sum().backward()
         outs.append((out.detach(), re.grad, im.grad))
     return outs[0], outs[1]
+
+
+def gradcheck_ring_ops(fns, h, w_half, batch, channels, device="cpu", fast_mode=False):
+    """gradcheck (float64) of a backend's ring_pool, ring_scatter and fused
+    ring_pool_amplitude on an [h, w_half] map of 2 rings x 3 sectors (6 bins)."""
+    from frerec_fast.model.ring_pool import ring_sector_index
+
+    idx = ring_sector_index(h, w_half, 2, 3, device=device)
+    kw = dict(dtype=torch.float64, device=device)
+    amp = torch.rand(batch, h, w_half, **kw).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a: fns["ring_pool"](a, idx, 6), (amp,))
+    vals = torch.randn(2, 6, **kw).requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: fns["ring_scatter"](v, idx), (vals,))
+    # Away from X = 0 (where |X| is not differentiable) the fused op checks too.
+    re = (torch.rand(2, channels, h, w_half, **kw) + 0.5).requires_grad_()
+    im = torch.randn(2, channels, h, w_half, **kw).requires_grad_()
+    assert torch.autograd.gradcheck(lambda r, i: fns["ring_pool_amplitude"](r, i, idx, 6),
+                                    (re, im), fast_mode=fast_mode)
+    return amp, idx

@@ -11,7 +11,7 @@ from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_rin
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cpp
 from ring_cases import CASES as BASE_CASES, amplitude_pool_pair, close as _close, pool_scatter_pair
-from ring_cases import spectrum as _spectrum
+from ring_cases import gradcheck_ring_ops, spectrum as _spectrum
 
 pytestmark = needs_cpp
 
@@ -132,18 +132,7 @@ def test_large_single_channel_map(dtype):
 
 
 def test_gradcheck_float64():
-    fns = _fns()
-    idx = ring_sector_index(6, 4, 2, 3)
-    kw = dict(dtype=torch.float64)
-    amp = torch.rand(2, 6, 4, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: fns["ring_pool"](a, idx, 6), (amp,))
-    vals = torch.randn(2, 6, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: fns["ring_scatter"](v, idx), (vals,))
-    # Away from X = 0 (where |X| is not differentiable) the fused op checks too.
-    re = (torch.rand(2, 3, 6, 4, **kw) + 0.5).requires_grad_()
-    im = torch.randn(2, 3, 6, 4, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda r, i: fns["ring_pool_amplitude"](r, i, idx, 6),
-                                    (re, im))
+    gradcheck_ring_ops(_fns(), 6, 4, batch=2, channels=3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -7,6 +7,7 @@ from skimage.metrics import structural_similarity
 import frerec_fast as ff
 from frerec_fast.ssim import ssim_matrix_torch, ssim_topk_torch
 from marks import needs_cpp
+from ssim_oracles import brute_topk
 
 BACKENDS = ["torch", pytest.param("cpp", marks=needs_cpp)]
 
@@ -69,17 +70,6 @@ def test_ssim_matrix_matches_skimage_and_blocks(backend):
     np.testing.assert_allclose(full.numpy(), ref, atol=2e-5)
     tiny_blocks = ssim_matrix_torch(q, db, max_block_elems=20 * 18 * 3)
     np.testing.assert_allclose(tiny_blocks.numpy(), full.numpy(), atol=1e-6)
-
-
-def brute_topk(scores, k, exclude=None):
-    """Sort each row by (-score, index) with NumPy; returns (scores, idx)."""
-    s = scores.copy().astype(np.float64)
-    if exclude is not None:
-        for i, e in enumerate(exclude):
-            if e >= 0:
-                s[i, e] = -np.inf
-    idx = np.stack([np.lexsort((np.arange(s.shape[1]), -row))[:k] for row in s])
-    return np.take_along_axis(s, idx, 1), idx
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -19,7 +19,7 @@ from frerec_fast.model.fesa import FrequencyBranch, ring_pool_amplitude, set_rin
 from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
 from marks import needs_cuda
 from ring_cases import CASES, amplitude_pool_pair, close as _close, pool_scatter_pair
-from ring_cases import spectrum as _spectrum
+from ring_cases import gradcheck_ring_ops, spectrum as _spectrum
 
 def _device_for(backend, device):
     if backend == "cuda":
@@ -123,17 +123,7 @@ def test_arbitrary_index_map_and_unused_bins(impl):
 def test_gradcheck_float64(impl):
     # Tiny on purpose: every gradcheck perturbation is a kernel launch (interpreted on CPU).
     _, dev, fns = impl
-    idx = ring_sector_index(4, 3, 2, 3, device=dev)
-    kw = dict(dtype=torch.float64, device=dev)
-    amp = torch.rand(1, 4, 3, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: fns["ring_pool"](a, idx, 6), (amp,))
-    vals = torch.randn(2, 6, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: fns["ring_scatter"](v, idx), (vals,))
-    # Away from X = 0 (where |X| is not differentiable) the fused op checks too.
-    re = (torch.rand(2, 2, 4, 3, **kw) + 0.5).requires_grad_()
-    im = torch.randn(2, 2, 4, 3, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda r, i: fns["ring_pool_amplitude"](r, i, idx, 6),
-                                    (re, im), fast_mode=True)
+    amp, idx = gradcheck_ring_ops(fns, 4, 3, batch=1, channels=2, device=dev, fast_mode=True)
     out = fns["ring_pool"](amp.detach(), idx, 6)
     _close(out, ring_pool(amp.detach(), idx, 6), torch.float64)
 
