@@ -65,6 +65,13 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--backend", default="auto", help="SHR/retrieval backend")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--keep", type=int, default=2, help="epoch checkpoints kept")
+    s.add_argument("--perturb", choices=("mixed", "spec"), default="mixed",
+                   help="training inputs: mixed (default: clean inputs, nearest and random "
+                   "banks, radial high-band gains; see training/perturb.py) or spec (plain "
+                   "SHR with the nearest neighbours, SPEC 5)")
+    s.add_argument("--keep-worse", action="store_true",
+                   help="deliver the model even if no epoch beats the identity on validation "
+                   "(default: refuse, write rhm_rejected.safetensors, exit 3)")
     s.add_argument("--resume", action="store_true",
                    help="continue from the last complete epoch in OUT (bit-exact on CPU)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -73,25 +80,40 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 def run(a) -> int:
     import torch
 
-    from .train import train_rhm
+    from .perturb import Perturbation
+    from .train import WorseThanIdentity, train_rhm
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    path = train_rhm(a.real, a.out, val_dir=a.val, real_dir=a.real_dir, config=model_config(a),
-                     epochs=a.epochs, batch_size=a.batch_size, crop=a.crop, lr=a.lr,
-                     weight_decay=a.weight_decay, warmup_steps=a.warmup, k=a.k,
-                     lambda_f=a.lambda_f, seed=a.seed, amp=a.amp,
-                     grad_clip=a.grad_clip or None, device=device, backend=a.backend,
-                     resume=a.resume, progress=not a.quiet, num_threads=a.threads,
-                     keep_checkpoints=a.keep)
+    try:
+        path = train_rhm(a.real, a.out, val_dir=a.val, real_dir=a.real_dir,
+                         config=model_config(a), epochs=a.epochs, batch_size=a.batch_size,
+                         crop=a.crop, lr=a.lr, weight_decay=a.weight_decay,
+                         warmup_steps=a.warmup, k=a.k, lambda_f=a.lambda_f, seed=a.seed,
+                         amp=a.amp, grad_clip=a.grad_clip or None, device=device,
+                         backend=a.backend, resume=a.resume, progress=not a.quiet,
+                         num_threads=a.threads, keep_checkpoints=a.keep,
+                         perturbation=Perturbation.spec() if a.perturb == "spec" else None,
+                         keep_worse=a.keep_worse)
+    except WorseThanIdentity as e:
+        bar = "!" * 78
+        print(f"{bar}\nfrerec train: NO MODEL DELIVERED. {e}\n{bar}", file=sys.stderr)
+        return 3
     meta = json.loads(path.with_suffix(".json").read_text())
     extra = meta.get("extra", {})
     val = (extra.get("metrics") or {}).get("val")
+    sel = extra.get("selected") or {}
     print(f"trained RHM ({extra.get('parameters', 0) / 1e6:.2f}M parameters, "
           f"{extra.get('step')} steps, {extra.get('train_seconds', 0):.0f}s): {path}")
     if val:
-        print(f"  held-out ({val['n']} images): PSNR {val['psnr_model']:.2f} dB "
-              f"(SHR input {val['psnr_shr']:.2f}), SSIM {val['ssim_model']:.4f} "
-              f"(SHR input {val['ssim_shr']:.4f})")
+        print(f"  delivered epoch {sel.get('epoch')} (best {sel.get('by')}), on {val['n']} "
+              f"validation images ({val['source']}):\n"
+              f"    SHR input restored: PSNR {val['psnr_model']:.2f} dB (identity "
+              f"{val['psnr_shr']:.2f}), SSIM {val['ssim_model']:.4f} (identity "
+              f"{val['ssim_shr']:.4f}), high-band gap {val['gap_model']:.4f} (identity "
+              f"{val['gap_shr']:.4f})\n"
+              f"    clean input passed through: PSNR {val['psnr_clean']:.2f} dB\n"
+              f"    score {val['score']:.2f} vs identity {val['score_identity']:.2f}: "
+              f"{'beats the identity' if val['beats_identity'] else 'WORSE THAN THE IDENTITY (kept: --keep-worse)'}")
     return 0
 
 

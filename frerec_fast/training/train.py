@@ -29,18 +29,41 @@ from ..model import RHM, RHMConfig, rhm_loss, save_checkpoint
 from ..model.checkpoint import checkpoint_paths
 from ..ops import shr
 from ..seeding import sample_eps
-from ..spectral import luma, psnr
+from ..spectral import frequency_gap, luma, psnr, spectral_profile
 from ..ssim import ssim
 from . import state as st
 from .data import ImageSet, augment, data_hash, epoch_order, load_images
+from .perturb import Perturbation, band_tilt, draw, random_banks
 
 log = logging.getLogger("frerec_fast")
 
 FINAL_NAME = "rhm"
+REJECTED_NAME = "rhm_rejected"
+BEST_NAME = "best"  # out/checkpoints/best_EEEE.*: the best epoch up to a resume point
+VAL_FROM_TRAIN = 64         # without val_dir, validate on this many training images
 VAL_EXTRA = -1  # sample_eps extra of the fixed validation noise (training steps are >= 0)
 # Arguments that change the numbers of a run; resume refuses to mix runs that differ in them.
 _MATH_KEYS = ("seed", "batch_size", "crop", "lr", "weight_decay", "warmup_steps", "k",
-              "grad_clip", "amp", "lambda_f", "backend", "min_lr_ratio")
+              "grad_clip", "amp", "lambda_f", "backend", "min_lr_ratio", "perturbation")
+
+
+class WorseThanIdentity(RuntimeError):
+    """No epoch's model beat the identity (its own SHR input left as it is) on validation.
+
+    The model is kept as ``rejected`` (``out/rhm_rejected.safetensors``), never as the result.
+    """
+
+    def __init__(self, message: str, rejected: Path):
+        super().__init__(message)
+        self.rejected = rejected
+
+
+def val_score(psnr_db: float, gap_high: float) -> float:
+    """The validation score that picks the delivered epoch: PSNR vs clean (dB) minus the
+    high-band spectral error in dB (the SPEC 8 gap is in log10 power, so x10). Both terms
+    matter: a blurring model can win PSNR while flattening the high band, and a model that
+    reproduces the spectrum can still misplace detail."""
+    return psnr_db - 10.0 * gap_high
 
 
 def _pair(v) -> tuple[int, int]:
@@ -117,14 +140,15 @@ def _self_positions(index: RealIndex, images: ImageSet) -> torch.Tensor:
 class _Validation:
     """Held-out real images, their SHR inputs (fixed noise, computed once) and metrics.
 
-    clean, noisy: [N, C, H, W] on the training device.
+    clean, noisy: [N, C, H, W] on the training device. The identity (the SHR input left as
+    it is) is the baseline every epoch's model must beat (``val_score``); the model on
+    the clean images measures the error it adds to an image SHR leaves alone.
     """
 
-    def __init__(self, index: RealIndex, val_dir, seed: int, k: int, backend: str,
-                 device: torch.device, batch_size: int):
+    def __init__(self, index: RealIndex, data: ImageSet, exclude: torch.Tensor, source: str,
+                 seed: int, k: int, backend: str, device: torch.device, batch_size: int):
         cfg = index.config
-        data = load_images(val_dir, cfg.work_size, cfg.channels)
-        exclude = _self_positions(index, data)
+        self.source = source
         self.batch_size = batch_size
         self.n = len(data.keys)
         noisy = []
@@ -135,29 +159,59 @@ class _Validation:
                                        VAL_EXTRA, device=device)
             noisy.append(shr(x, nb.mu_bank, nb.sigma_bank, e_mu, e_sigma, ratio=cfg.ratio,
                              domain=cfg.domain, backend=backend))
+        self.ratio = cfg.ratio
         self.clean = data.images.to(device)
         self.noisy = torch.cat(noisy)
+        self.clean_profile = spectral_profile(luma(self.clean.float()))
         self.baseline = self._metrics(self.noisy.clamp(0, 1))
 
     def _metrics(self, out: torch.Tensor) -> dict[str, float]:
         # Outputs are clipped as calibrate() clips them (SPEC 6); SSIM on luma (SPEC 4).
         p = psnr(out, self.clean)
         s = ssim(luma(out.float()), luma(self.clean))
+        gap = frequency_gap(spectral_profile(luma(out.float())), self.clean_profile, self.ratio)[0]
         return {"psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else math.inf,
-                "ssim": float(s.mean())}
+                "ssim": float(s.mean()), "gap_high": float(gap)}
+
+    def _forward(self, model: RHM, autocast, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for i in range(0, self.n, self.batch_size):
+            with autocast():
+                outs.append(model(x[i:i + self.batch_size]).float().clamp(0, 1))
+        return torch.cat(outs)
 
     @torch.no_grad()
     def run(self, model: RHM, autocast) -> dict[str, Any]:
         was_training = model.training
         model.eval()
-        outs = []
-        for i in range(0, self.n, self.batch_size):
-            with autocast():
-                outs.append(model(self.noisy[i:i + self.batch_size]).float().clamp(0, 1))
+        m = self._metrics(self._forward(model, autocast, self.noisy))
+        c = psnr(self._forward(model, autocast, self.clean), self.clean)
         model.train(was_training)
-        m = self._metrics(torch.cat(outs))
-        return {"n": self.n, "psnr_model": m["psnr"], "ssim_model": m["ssim"],
-                "psnr_shr": self.baseline["psnr"], "ssim_shr": self.baseline["ssim"]}
+        b = self.baseline
+        score, base = val_score(m["psnr"], m["gap_high"]), val_score(b["psnr"], b["gap_high"])
+        return {"n": self.n, "source": self.source,
+                "psnr_model": m["psnr"], "ssim_model": m["ssim"], "gap_model": m["gap_high"],
+                "psnr_shr": b["psnr"], "ssim_shr": b["ssim"], "gap_shr": b["gap_high"],
+                "psnr_clean": float(c[torch.isfinite(c)].mean()) if torch.isfinite(c).any() else math.inf,
+                "score": score, "score_identity": base, "beats_identity": score > base}
+
+
+def _validation(index: RealIndex, val_dir, train: ImageSet, seed: int, k: int, backend: str,
+                dev: torch.device, bs: int) -> _Validation:
+    """Held-out images from ``val_dir``; without one, an evenly spaced sample of the
+    training images (self-excluded), so the identity guard always runs."""
+    if val_dir is not None:
+        data = load_images(val_dir, index.config.work_size, index.config.channels)
+        return _Validation(index, data, _self_positions(index, data), str(val_dir), seed, k,
+                           backend, dev, bs)
+    n = len(train.keys)
+    rows = torch.linspace(0, n - 1, min(n, VAL_FROM_TRAIN)).round().long().unique()
+    data = ImageSet(train.images[rows], [train.keys[i] for i in rows.tolist()],
+                    [train.hashes[i] for i in rows.tolist()])
+    log.warning("no validation directory: the identity guard and best-epoch choice use %d "
+                "training images (pass val_dir / --val with held-out real images)", len(rows))
+    return _Validation(index, data, rows, "training images (no val_dir)", seed, k, backend,
+                       dev, bs)
 
 
 def _bar(total: int, initial: int, enabled: bool):
@@ -208,15 +262,25 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
               min_lr_ratio: float = 0.01, k: int = 200, lambda_f: float = 1.0, seed: int = 0,
               amp=None, grad_clip: float | None = 1.0, device="cpu", backend: str = "auto",
               resume: bool = False, progress: bool = True, num_threads: int | None = None,
-              keep_checkpoints: int = 2) -> Path:
+              keep_checkpoints: int = 2, perturbation: Perturbation | None = None,
+              keep_worse: bool = False) -> Path:
     """Train an RHM denoiser on real images: input SHR(x) with self-excluded neighbours and
     fresh noise per step, target x (SPEC 5). Returns the final checkpoint's weights path
     (``out/rhm.safetensors``; ``load_rhm`` reads it).
 
     real_index_or_dir: a directory of real images (indexed into ``out/index``), or a
         RealIndex / index directory together with ``real_dir`` holding its images.
-    val_dir: held-out real images; each epoch reports PSNR/SSIM vs clean of the model's
-        (clipped) output on their SHR versions, and of the SHR input itself as a baseline.
+    val_dir: held-out real images; each epoch reports PSNR/SSIM/high-band gap vs clean of
+        the model's (clipped) output on their SHR versions, of the SHR input itself (the
+        identity baseline) and PSNR of the model on the clean images. Without it, a sample
+        of the training images stands in (with a warning).
+    The delivered ``rhm.safetensors`` is the epoch with the best ``val_score`` (PSNR minus
+    the high-band gap in dB), not the last one. If no epoch beats the identity, the model
+    is written as ``rhm_rejected.safetensors`` and ``WorseThanIdentity`` is raised, unless
+    ``keep_worse=True`` (then it is delivered with a warning).
+    perturbation: the training-input distribution (``perturb.Perturbation``; default: clean
+        inputs, nearest and random banks, radial high-band gains; ``Perturbation.spec()``
+        is SPEC 5's plain SHR). See ``frerec_fast/training/perturb.py`` for why.
     config: RHM sizes (default RHMConfig(); in_channels is taken from the index).
     batch_size: images per step (each epoch takes floor(N / batch_size) full batches).
     crop: training crop (int or (h, w)), at most the index's working size (the default).
@@ -232,6 +296,8 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
     keep_checkpoints: completed epochs kept in ``out/checkpoints`` (older ones deleted).
     """
     t_start = time.perf_counter()
+    from ..allocator import tune
+    tune()  # glibc: page faults otherwise cost more than the arithmetic (allocator.py)
     out = Path(out)
     dev = _resolve_device(device)
     amp_mode = _resolve_amp(amp, dev)
@@ -248,14 +314,14 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         return _train(real_index_or_dir, out, val_dir, real_dir, config, epochs, batch_size,
                       crop, lr, weight_decay, warmup_steps, min_lr_ratio, k, lambda_f, seed,
                       amp_mode, grad_clip, dev, backend, resume, progress, keep_checkpoints,
-                      t_start)
+                      t_start, perturbation or Perturbation(), keep_worse)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, weight_decay,
            warmup_steps, min_lr_ratio, k, lambda_f, seed, amp_mode, grad_clip, dev, backend,
-           resume, progress, keep_checkpoints, t_start) -> Path:
+           resume, progress, keep_checkpoints, t_start, pert, keep_worse) -> Path:
     index, image_root = _open_index(src, out, real_dir, progress)
     icfg = index.config
     if len(index) < 2:
@@ -286,6 +352,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                  "weight_decay": weight_decay, "warmup_steps": warmup_steps,
                  "min_lr_ratio": min_lr_ratio, "k": k, "lambda_f": lambda_f,
                  "grad_clip": grad_clip, "amp": amp_mode, "backend": backend,
+                 "perturbation": pert.to_dict(),
                  "steps_per_epoch": spe, "total_steps": total_steps, "device": str(dev),
                  "num_threads": torch.get_num_threads()}
 
@@ -317,8 +384,8 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
     elif resume:
         log.info("resume: no complete epoch in %s; starting fresh", out)
 
-    val = (_Validation(index, val_dir, seed, k, backend, dev, max(bs, 16))
-           if val_dir is not None else None)
+    val = _validation(index, val_dir, train, seed, k, backend, dev, max(bs, 16))
+    mu_db, sigma_db = index.tensors_on(dev)[1:]
     bar = _bar(total_steps, start_epoch * spe, progress)
     n_params = sum(p.numel() for p in model.parameters())
     t_run = time.perf_counter()
@@ -335,8 +402,9 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                 nb = index.neighbours(x, k, exclude=positions[rows], backend=backend)
                 e_mu, e_sigma = sample_eps(seed, keys, icfg.channels, step, device=dev)
                 with torch.no_grad():
-                    x_hat = shr(x, nb.mu_bank, nb.sigma_bank, e_mu, e_sigma, ratio=icfg.ratio,
-                                domain=icfg.domain, backend=backend)
+                    x_hat = _perturb(x, nb, pert, draw(pert, len(rows), seed, step),
+                                     positions[rows], mu_db, sigma_db, e_mu, e_sigma, icfg,
+                                     seed, step, backend)
                 lr_now = st.lr_at(step, lr, warmup_steps, total_steps, min_lr_ratio)
                 for g in opt.param_groups:
                     g["lr"] = lr_now
@@ -362,16 +430,17 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
             epoch_s = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": loss_sum / spe,
                       "lr": lr_now, "images_per_s": spe * bs / epoch_s, "seconds": epoch_s}
-            if val is not None:
-                record["val"] = val.run(model, autocast)
-                msg = (f"epoch {epoch + 1}/{epochs} loss {record['loss']:.5f} | held-out PSNR "
-                       f"{record['val']['psnr_model']:.2f} dB (SHR input "
-                       f"{record['val']['psnr_shr']:.2f}), SSIM {record['val']['ssim_model']:.4f} "
-                       f"(SHR input {record['val']['ssim_shr']:.4f})")
-                if bar is not None:
-                    bar.write(msg)
-                else:
-                    log.info(msg)
+            v = record["val"] = val.run(model, autocast)
+            improved = all(v["score"] > h["val"]["score"] for h in history)
+            msg = (f"epoch {epoch + 1}/{epochs} loss {record['loss']:.5f} | val PSNR "
+                   f"{v['psnr_model']:.2f} dB (SHR input {v['psnr_shr']:.2f}), gap "
+                   f"{v['gap_model']:.4f} ({v['gap_shr']:.4f}), clean in {v['psnr_clean']:.2f} dB"
+                   f" | score {v['score']:.2f} vs identity {v['score_identity']:.2f}"
+                   f"{' *' if improved else ''}")
+            if bar is not None:
+                bar.write(msg)
+            else:
+                log.info(msg)
             history.append(record)
             meta = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "train_config": train_cfg,
                     "model_config": config.to_dict(), "data_hash": dhash,
@@ -380,9 +449,13 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
             stem = st.epoch_stem(out, epoch + 1)
             save_checkpoint(stem, model, config, extra=_extra(meta, index, image_root, val_dir,
                                                               n_params))
+            if improved:
+                save_checkpoint(_best_stem(out, epoch + 1), model, config,
+                                extra={"epoch": epoch + 1, "score": v["score"]})
             st.save_state(stem, opt, meta, scaler)
             for old in st.completed_epochs(out)[:-keep_checkpoints]:
                 st.remove_epoch(out, old)
+            _prune_best(out, history, st.completed_epochs(out))
     finally:
         if bar is not None:
             bar.close()
@@ -394,8 +467,72 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
         final_meta.update({k_: point[1][k_] for k_ in ("train_seconds", "history")})
     extra = _extra(final_meta, index, image_root, val_dir, n_params)
     extra["wall_seconds_this_call"] = time.perf_counter() - t_start
+    chosen = history[best_epoch(history, epochs) - 1]
+    weights, _ = checkpoint_paths(_best_stem(out, chosen["epoch"]))
+    model.load_state_dict(st_load(weights.read_bytes()), strict=True)
+    extra["selected"] = {"epoch": chosen["epoch"], "by": "val_score = PSNR - 10 x high-band gap",
+                         "val": chosen["val"]}
+    extra["metrics"]["val"] = chosen["val"]
+    if not chosen["val"]["beats_identity"] and not keep_worse:
+        save_checkpoint(out / REJECTED_NAME, model, config, extra=extra)
+        v = chosen["val"]
+        raise WorseThanIdentity(
+            f"no epoch beat the identity on {v['source']}: best epoch {chosen['epoch']} scores "
+            f"{v['score']:.2f} (PSNR {v['psnr_model']:.2f} dB, gap {v['gap_model']:.4f}) vs "
+            f"{v['score_identity']:.2f} for its SHR input left as it is (PSNR "
+            f"{v['psnr_shr']:.2f} dB, gap {v['gap_shr']:.4f}). The model would damage these "
+            f"images; it was written to {checkpoint_paths(out / REJECTED_NAME)[0]}, not as "
+            f"the result. Train longer or on more data, or pass keep_worse=True "
+            f"(--keep-worse) to deliver it anyway.", checkpoint_paths(out / REJECTED_NAME)[0])
+    if not chosen["val"]["beats_identity"]:
+        log.warning("delivering a model that does not beat the identity on validation "
+                    "(keep_worse=True)")
     save_checkpoint(out / FINAL_NAME, model, config, extra=extra)
     return checkpoint_paths(out / FINAL_NAME)[0]
+
+
+def _perturb(x, nb, pert: Perturbation, d, self_pos, mu_db, sigma_db, e_mu, e_sigma, icfg,
+             seed: int, step: int, backend: str) -> torch.Tensor:
+    """One step's training inputs (``perturb`` module): SHR of each crop, some with a
+    random bank and a radial high-band gain first, some left clean.
+    x: [B, C, h, w] clean crops -> [B, C, h, w]."""
+    dev = x.device
+    mu_bank, sigma_bank = nb.mu_bank, nb.sigma_bank
+    if bool(d.random_bank.any()):
+        rmu, rsig = random_banks(mu_db, sigma_db, self_pos, mu_bank.shape[1], seed, step)
+        sel = d.random_bank.to(dev).view(-1, 1, 1)
+        mu_bank, sigma_bank = torch.where(sel, rmu, mu_bank), torch.where(sel, rsig, sigma_bank)
+    src = x
+    if bool((d.slope != 0).any() or (d.curve != 0).any()):
+        src = band_tilt(x, d.slope, d.curve, icfg.ratio)
+    x_hat = shr(src, mu_bank, sigma_bank, e_mu, e_sigma, ratio=icfg.ratio, domain=icfg.domain,
+                backend=backend)
+    if bool(d.identity.any()):
+        x_hat = torch.where(d.identity.to(dev).view(-1, 1, 1, 1), x, x_hat)
+    return x_hat
+
+
+def best_epoch(history: list, upto: int) -> int:
+    """The epoch (1-based) with the highest validation score among epochs <= upto; the
+    earliest on ties. history: the per-epoch records, epoch i at position i - 1."""
+    rows = [h for h in history if h["epoch"] <= upto]
+    return max(rows, key=lambda h: (h["val"]["score"], -h["epoch"]))["epoch"]
+
+
+def _best_stem(out: Path, epoch: int) -> Path:
+    return Path(out) / st.CKPT_DIR / f"{BEST_NAME}_{epoch:04d}"
+
+
+def _prune_best(out: Path, history: list, kept: list) -> None:
+    """Keep the best-epoch weights that some kept resume point still needs (the best up
+    to each kept epoch): resuming from any of them then delivers what an uninterrupted
+    run delivers. At most ``keep_checkpoints`` files."""
+    need = {best_epoch(history, e) for e in kept if e <= len(history)}
+    for p in (Path(out) / st.CKPT_DIR).glob(f"{BEST_NAME}_*.json"):
+        e = int(p.stem.rsplit("_", 1)[1])
+        if e not in need:
+            for q in checkpoint_paths(_best_stem(out, e))[::-1]:  # sidecar first
+                q.unlink(missing_ok=True)
 
 
 def _extra(meta: dict, index: RealIndex, image_root: Path, val_dir, n_params: int) -> dict:
