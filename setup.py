@@ -100,13 +100,18 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "Pillow", "safetensors"],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11"],
+        "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11",
+                "scikit-learn"],
         "medical": ["pydicom", "nibabel"],
         "progress": ["tqdm"],
         "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         "triton": ["triton"],
         "ray": ["ray"],
+        # frerec eval; torchvision (AutoAugment, Mix-up, resnet18) is left out on purpose:
+        # an unpinned one drags in a newer torch. Install the one matching your torch
+        # (torch 2.N <-> torchvision 0.(N+15)), as scripts/install.sh does.
+        "eval": ["scikit-learn", "scipy", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["frerec=frerec_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 # Heavier entry points load on first use, so `import frerec_fast` stays quick for the ops.
 _LAZY = {"calibrate_dir": ".pipeline", "train_rhm": ".training", "load_rhm": ".model",
-         "RHM": ".model", "RHMConfig": ".model"}
+         "RHM": ".model", "RHMConfig": ".model", "evaluate": ".evaluation"}
 
 
 def __getattr__(name: str):
@@ -22,4 +22,4 @@ def __getattr__(name: str):
 
 __all__ = ["BackendUnavailable", "RealIndex", "build_index", "IndexFileError", "band_stats", "shr", "ssim", "ssim_matrix", "ssim_topk",
            "spectral_profile", "frequency_gap", "psnr", "calibrate_dir", "train_rhm", "load_rhm", "RHM", "RHMConfig",
-           "__version__"]
+           "evaluate", "__version__"]

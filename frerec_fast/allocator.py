@@ -44,10 +44,10 @@ def tune() -> dict:
         except (OSError, AttributeError) as e:
             _state.update(applied=False, why=f"no mallopt ({e})")
         else:
-            ok = all(mallopt(p, v) == 1 for p, v in (
-                (_M_MMAP_THRESHOLD, SETTINGS["mmap_threshold"]),
-                (_M_TRIM_THRESHOLD, SETTINGS["trim_threshold"]),
-                (_M_TOP_PAD, SETTINGS["top_pad"])))
-            _state.update(applied=ok, why="mallopt" if ok else "mallopt refused a setting")
+            params = {"mmap_threshold": _M_MMAP_THRESHOLD, "trim_threshold": _M_TRIM_THRESHOLD,
+                      "top_pad": _M_TOP_PAD}
+            refused = [name for name, p in params.items() if mallopt(p, SETTINGS[name]) != 1]
+            _state.update(applied=not refused,
+                          why="mallopt" if not refused else f"mallopt refused {refused}")
     log.debug("allocator: %s", _state)
     return _state

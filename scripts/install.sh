@@ -26,11 +26,15 @@ stamp="$VENV/.frerec_build_stamp"
 want=$(cat setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import frerec_fast._C" 2>/dev/null; then
   echo "[install] building frerec_fast (C++ extension, about a minute)"
-  $PIP install -q --no-build-isolation -e ".[dev,medical,progress,plot,onnx,triton,ray]"
+  $PIP install -q --no-build-isolation -e ".[dev,medical,progress,plot,onnx,triton,ray,eval]"
   echo "$want" > "$stamp"
 else
   echo "[install] frerec_fast is up to date in $VENV"
 fi
+# torchvision for frerec eval (AutoAugment, Mix-up, resnet18): the release paired with this
+# torch (2.N <-> 0.(N+15)), so that pip never swaps the torch above for another one.
+TV=$("$VENV/bin/python" -c "import torch; m = int(torch.__version__.split('.')[1]); print(f'0.{m + 15}.*')")
+$PIP install -q "torchvision==$TV"
 # NVRTC alone (no GPU needed): tests/test_nvrtc_compile.py compiles the .cu files as
 # the CuPy backend does at run time. Only into this CPU venv, never into a CUDA torch
 # environment, whose own NVRTC torch pins.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -45,15 +44,19 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
     t0 = time.perf_counter()
     index = ff.build_index(real_train, out / "index", progress=False)
     ratio = index.config.ratio
-    run = dict(index=index, device="cpu", seed=seed, k=k, progress=False, resume=True,
-               calibrate_real=True)
+    # One K for both sets: real images are calibrated with self-exclusion (SPEC 6), which
+    # caps K at the index size minus one.
+    k = min(k, len(index) - 1)
+    run = dict(index=index, device="cpu", seed=seed, k=k, progress=False, resume=True)
     variants = {"shr": dict(model=False), "frerec": dict(model=model)}
     for name, kw in variants.items():
         for split, src in (("real", real_test), ("synthetic", synthetic)):
-            rep = calibrate_dir(src, out / name / split, **run, **kw)
+            rep = calibrate_dir(src, out / name / split, **run, **kw,
+                                calibrate_real=split == "real")
             if rep["failed"]:
                 raise RuntimeError(f"{name}/{split}: {rep['failed']} failed: {rep['errors']}")
-    calibrate_dir(real_test, out / "rhm_only" / "real", **run, model=model, shr=False)
+    calibrate_dir(real_test, out / "rhm_only" / "real", **run, model=model, shr=False,
+                  calibrate_real=True)
     size_real, size_syn = _size(real_test), _size(synthetic)
     size = (min(size_real[0], size_syn[0]), min(size_real[1], size_syn[1]))
     res = {"k": k, "index_images": len(index), "size_compared": list(size),
@@ -119,7 +122,7 @@ def main(argv=None) -> int:
     res = measure(a.real_train, a.real_test, a.synthetic, a.model, a.out, a.k)
     print(render(res))
     if a.json:
-        a.json.write_text(json.dumps(res, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+        a.json.write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 

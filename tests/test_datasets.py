@@ -95,7 +95,7 @@ def test_set_gaps_zero_for_identical_sets():
 def test_data_folder_is_small():
     # Images + DCGAN about 3.9 MiB, the shipped RHM (float32 weights) about 5 MiB.
     total = sum(p.stat().st_size for p in ds.data_root().rglob("*") if p.is_file())
-    assert total < 16 * 2**20, f"data folder is {total / 2**20:.2f} MiB"
+    assert total < 24 * 2**20, f"data folder is {total / 2**20:.2f} MiB"
 
 
 def test_read_png16_rejects_8bit(tmp_path):

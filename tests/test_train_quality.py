@@ -17,7 +17,9 @@ from frerec_fast.model import RHMConfig
 from frerec_fast.training import train_rhm
 from frerec_fast.training.cli import PRESETS
 from frerec_fast.training.perturb import Perturbation, band_tilt, draw, random_banks
-from frerec_fast.training.train import WorseThanIdentity, _perturb
+from frerec_fast.training import ResumeError
+from frerec_fast.training.train import (WorseThanIdentity, _perturb, _prune_best, best_epoch,
+                                        val_score)
 
 TINY = RHMConfig(**PRESETS["tiny"])
 ARGS = dict(config=TINY, batch_size=4, k=8, warmup_steps=2, progress=False, num_threads=1,
@@ -62,8 +64,9 @@ def test_band_tilt_matches_numpy_and_keeps_the_low_band(shape):
     for i in range(3):
         want = _tilt_numpy(x[i, 0].double().numpy(), float(slope[i]), float(curve[i]), 0.5)
         np.testing.assert_allclose(got[i, 0].numpy(), want, atol=2e-6)
-    # zero slope and curve: the identity
+    # zero slope and curve: the identity; no high band (ratio 1): the identity
     torch.testing.assert_close(band_tilt(x, torch.zeros(3), torch.zeros(3)), x, atol=2e-6, rtol=0)
+    assert torch.equal(band_tilt(x, slope, curve, 1.0), x)
 
 
 def test_draws_are_a_function_of_seed_and_step_with_the_stated_fractions():
@@ -90,6 +93,11 @@ def test_random_banks_never_hold_the_image_itself():
     torch.testing.assert_close(sb, mb + 100)
     mb2, _ = random_banks(mu, sigma, self_pos, 9, seed=0, step=3)
     assert torch.equal(mb, mb2)
+    # An image outside the index may draw any entry, the last one included.
+    seen = set()
+    for step in range(40):
+        seen |= set(random_banks(mu, sigma, torch.tensor([-1]), 3, 0, step)[0].long().view(-1).tolist())
+    assert seen == set(range(10))
 
 
 def test_spec_perturbation_is_plain_shr_and_identity_rows_are_clean(tmp_path, data):
@@ -158,8 +166,36 @@ def test_delivered_weights_are_the_best_scored_epoch(tmp_path, data):
     assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in got)
     # Every recorded epoch names the identity baseline it was compared with.
     assert all({"score_identity", "psnr_clean", "gap_shr"} <= h["val"].keys() for h in hist)
-    # Only the best-epoch files some resume point needs are kept.
-    assert len(list((out / "checkpoints").glob("best_*.safetensors"))) <= 4
+    # Exactly the best-epoch files some kept resume point needs are on disk.
+    kept = sorted(int(p.name[6:10]) for p in (out / "checkpoints").glob("epoch_*.state.json"))
+    need = {best_epoch(hist, e) for e in kept}
+    have = {int(p.name[5:9]) for p in (out / "checkpoints").glob("best_*.safetensors")}
+    assert have == need
+
+
+def test_best_epoch_and_pruning_when_the_best_is_not_the_last(tmp_path):
+    scores = [5.0, 7.0, 7.0, 6.0, val_score(float("nan"), 0.1)]
+    hist = [{"epoch": e, "val": {"score": sc}} for e, sc in enumerate(scores, start=1)]
+    assert scores[-1] == float("-inf")
+    assert [best_epoch(hist, e) for e in range(1, 6)] == [1, 2, 2, 2, 2]  # earliest on ties
+    ck = tmp_path / "checkpoints"
+    ck.mkdir()
+    for e in range(1, 6):
+        for ext in ("safetensors", "json"):
+            (ck / f"best_{e:04d}.{ext}").write_text("x")
+    _prune_best(tmp_path, hist, [1, 2])
+    assert sorted(p.name for p in ck.iterdir()) == [f"best_000{e}.{x}" for e in (1, 2)
+                                                    for x in ("json", "safetensors")]
+    _prune_best(tmp_path, hist, [4, 5])
+    assert sorted(p.name for p in ck.iterdir()) == ["best_0002.json", "best_0002.safetensors"]
+
+
+def test_resume_with_fewer_epochs_is_refused(tmp_path, data):
+    train, val = data
+    train_rhm(train, tmp_path / "run", val_dir=val, epochs=2, lr=2e-3, keep_worse=True, **ARGS)
+    with pytest.raises(ResumeError, match="epochs >= 2"):
+        train_rhm(train, tmp_path / "run", val_dir=val, epochs=1, lr=2e-3, keep_worse=True,
+                  resume=True, **ARGS)
 
 
 def test_without_val_dir_training_images_stand_in(tmp_path, data):

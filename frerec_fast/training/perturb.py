@@ -92,7 +92,7 @@ def random_banks(mu: torch.Tensor, sigma: torch.Tensor, self_pos: torch.Tensor, 
     g = torch.Generator(device="cpu").manual_seed(image_seed(seed, "frerec_fast.train/bank", step))
     rows = []
     for s in self_pos.tolist():
-        ids = torch.randperm(n - 1, generator=g)[:k]
+        ids = torch.randperm(n - 1 if s >= 0 else n, generator=g)[:k]
         if s >= 0:
             ids = ids + (ids >= s).long()  # skip the image's own entry
         rows.append(ids)
@@ -112,6 +112,8 @@ def band_tilt(x: torch.Tensor, slope: torch.Tensor, curve: torch.Tensor,
     x: [B, C, H, W] float32; slope, curve: [B]. Returns: [B, C, H, W] float32 (unclipped).
     """
     b, _, h, w = x.shape
+    if ratio >= 1.0:  # no high band (SPEC 1 allows r = 1): nothing to tilt
+        return x.float().clone()
     fu = torch.fft.fftfreq(h, device=x.device) * 2.0   # in units of Nyquist
     fv = torch.fft.fftfreq(w, device=x.device) * 2.0
     rho = torch.sqrt(fu[:, None] ** 2 + fv[None, :] ** 2)

@@ -62,8 +62,9 @@ def val_score(psnr_db: float, gap_high: float) -> float:
     """The validation score that picks the delivered epoch: PSNR vs clean (dB) minus the
     high-band spectral error in dB (the SPEC 8 gap is in log10 power, so x10). Both terms
     matter: a blurring model can win PSNR while flattening the high band, and a model that
-    reproduces the spectrum can still misplace detail."""
-    return psnr_db - 10.0 * gap_high
+    reproduces the spectrum can still misplace detail. Non-finite (NaN outputs): -inf."""
+    score = psnr_db - 10.0 * gap_high
+    return score if math.isfinite(score) else -math.inf
 
 
 def _pair(v) -> tuple[int, int]:
@@ -167,11 +168,10 @@ class _Validation:
 
     def _metrics(self, out: torch.Tensor) -> dict[str, float]:
         # Outputs are clipped as calibrate() clips them (SPEC 6); SSIM on luma (SPEC 4).
-        p = psnr(out, self.clean)
-        s = ssim(luma(out.float()), luma(self.clean))
         gap = frequency_gap(spectral_profile(luma(out.float())), self.clean_profile, self.ratio)[0]
-        return {"psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else math.inf,
-                "ssim": float(s.mean()), "gap_high": float(gap)}
+        return {"psnr": _mean_psnr(out, self.clean),
+                "ssim": float(ssim(luma(out.float()), luma(self.clean)).mean()),
+                "gap_high": float(gap)}
 
     def _forward(self, model: RHM, autocast, x: torch.Tensor) -> torch.Tensor:
         outs = []
@@ -185,15 +185,23 @@ class _Validation:
         was_training = model.training
         model.eval()
         m = self._metrics(self._forward(model, autocast, self.noisy))
-        c = psnr(self._forward(model, autocast, self.clean), self.clean)
+        clean_psnr = _mean_psnr(self._forward(model, autocast, self.clean), self.clean)
         model.train(was_training)
         b = self.baseline
         score, base = val_score(m["psnr"], m["gap_high"]), val_score(b["psnr"], b["gap_high"])
         return {"n": self.n, "source": self.source,
                 "psnr_model": m["psnr"], "ssim_model": m["ssim"], "gap_model": m["gap_high"],
                 "psnr_shr": b["psnr"], "ssim_shr": b["ssim"], "gap_shr": b["gap_high"],
-                "psnr_clean": float(c[torch.isfinite(c)].mean()) if torch.isfinite(c).any() else math.inf,
+                "psnr_clean": clean_psnr,
                 "score": score, "score_identity": base, "beats_identity": score > base}
+
+
+def _mean_psnr(out: torch.Tensor, clean: torch.Tensor) -> float:
+    """Mean PSNR (dB) over every image: an exact image counts as 100 dB and a NaN output
+    as 0 dB, so the model and the identity are averaged over the same images (SHR leaves
+    a blank slice exactly unchanged) and a broken output can never raise the mean."""
+    p = torch.nan_to_num(psnr(out, clean), nan=0.0, posinf=100.0).clamp(max=100.0)
+    return float(p.mean())
 
 
 def _validation(index: RealIndex, val_dir, train: ImageSet, seed: int, k: int, backend: str,
@@ -248,6 +256,10 @@ def _resume_point(out: Path, train_cfg: dict, model_cfg: RHMConfig, dhash: str):
                         "differently, so the result will not be bit-identical to an "
                         "uninterrupted run (pass --threads %s for that)",
                         train_cfg["num_threads"], saved_threads, saved_threads)
+        if int(meta["epoch"]) > train_cfg["epochs"]:
+            raise st.ResumeError(f"{out}: epoch {meta['epoch']} is already done but epochs="
+                                 f"{train_cfg['epochs']}; resume with epochs >= {meta['epoch']} "
+                                 f"or use a new output directory")
         if meta["train_config"].get("epochs") != train_cfg["epochs"]:
             log.warning("resume: epochs %s -> %s changes the cosine schedule; the result will "
                         "differ from an uninterrupted run", meta["train_config"].get("epochs"),
@@ -431,7 +443,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
             record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": loss_sum / spe,
                       "lr": lr_now, "images_per_s": spe * bs / epoch_s, "seconds": epoch_s}
             v = record["val"] = val.run(model, autocast)
-            improved = all(v["score"] > h["val"]["score"] for h in history)
+            improved = best_epoch([*history, record], epoch + 1) == epoch + 1
             msg = (f"epoch {epoch + 1}/{epochs} loss {record['loss']:.5f} | val PSNR "
                    f"{v['psnr_model']:.2f} dB (SHR input {v['psnr_shr']:.2f}), gap "
                    f"{v['gap_model']:.4f} ({v['gap_shr']:.4f}), clean in {v['psnr_clean']:.2f} dB"
@@ -474,6 +486,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                          "val": chosen["val"]}
     extra["metrics"]["val"] = chosen["val"]
     if not chosen["val"]["beats_identity"] and not keep_worse:
+        _remove_checkpoint(out / FINAL_NAME)  # never leave an earlier delivery looking current
         save_checkpoint(out / REJECTED_NAME, model, config, extra=extra)
         v = chosen["val"]
         raise WorseThanIdentity(
@@ -487,8 +500,14 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
     if not chosen["val"]["beats_identity"]:
         log.warning("delivering a model that does not beat the identity on validation "
                     "(keep_worse=True)")
+    _remove_checkpoint(out / REJECTED_NAME)
     save_checkpoint(out / FINAL_NAME, model, config, extra=extra)
     return checkpoint_paths(out / FINAL_NAME)[0]
+
+
+def _remove_checkpoint(stem: Path) -> None:
+    for p in checkpoint_paths(stem)[::-1]:  # sidecar first: a lone sidecar never validates
+        p.unlink(missing_ok=True)
 
 
 def _perturb(x, nb, pert: Perturbation, d, self_pos, mu_db, sigma_db, e_mu, e_sigma, icfg,
@@ -515,8 +534,11 @@ def _perturb(x, nb, pert: Perturbation, d, self_pos, mu_db, sigma_db, e_mu, e_si
 def best_epoch(history: list, upto: int) -> int:
     """The epoch (1-based) with the highest validation score among epochs <= upto; the
     earliest on ties. history: the per-epoch records, epoch i at position i - 1."""
-    rows = [h for h in history if h["epoch"] <= upto]
-    return max(rows, key=lambda h: (h["val"]["score"], -h["epoch"]))["epoch"]
+    best = None
+    for h in history:
+        if h["epoch"] <= upto and (best is None or h["val"]["score"] > best["val"]["score"]):
+            best = h
+    return best["epoch"]
 
 
 def _best_stem(out: Path, epoch: int) -> Path:
@@ -528,8 +550,8 @@ def _prune_best(out: Path, history: list, kept: list) -> None:
     to each kept epoch): resuming from any of them then delivers what an uninterrupted
     run delivers. At most ``keep_checkpoints`` files."""
     need = {best_epoch(history, e) for e in kept if e <= len(history)}
-    for p in (Path(out) / st.CKPT_DIR).glob(f"{BEST_NAME}_*.json"):
-        e = int(p.stem.rsplit("_", 1)[1])
+    for p in (Path(out) / st.CKPT_DIR).glob(f"{BEST_NAME}_*.*"):
+        e = int(p.name[len(BEST_NAME) + 1:].split(".", 1)[0])
         if e not in need:
             for q in checkpoint_paths(_best_stem(out, e))[::-1]:  # sidecar first
                 q.unlink(missing_ok=True)
