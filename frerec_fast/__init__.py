@@ -9,7 +9,7 @@ from .ssim import ssim
 __version__ = "0.1.0"
 
 # Heavier entry points load on first use, so `import frerec_fast` stays quick for the ops.
-_LAZY = {"calibrate_dir": ".pipeline", "train_rhm": ".training", "load_rhm": ".model",
+_LAZY = {"calibrate_dir": ".pipeline", "CalibrateConfig": ".pipeline", "train_rhm": ".training", "load_rhm": ".model",
          "RHM": ".model", "RHMConfig": ".model", "evaluate": ".evaluation"}
 
 
@@ -21,5 +21,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["BackendUnavailable", "RealIndex", "build_index", "IndexFileError", "band_stats", "shr", "ssim", "ssim_matrix", "ssim_topk",
-           "spectral_profile", "frequency_gap", "psnr", "calibrate_dir", "train_rhm", "load_rhm", "RHM", "RHMConfig",
+           "spectral_profile", "frequency_gap", "psnr", "calibrate_dir", "CalibrateConfig", "train_rhm", "load_rhm", "RHM", "RHMConfig",
            "evaluate", "__version__"]

@@ -125,13 +125,6 @@ _TABLE: dict[str, dict[str, Impl]] = {
 _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
-def register(op: str, backend: str, target: str, devices: tuple[str, ...]) -> None:
-    """Add or replace an implementation (used by kernel modules and tests)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; known: {BACKENDS}")
-    _TABLE.setdefault(op, {})[backend] = Impl(target, devices)
-
-
 def _load(impl: Impl) -> Callable:
     mod, fn = impl.target.split(":")
     return getattr(importlib.import_module(f"{__package__}.{mod}"), fn)

@@ -32,30 +32,26 @@ def cmd_index(a) -> int:
 
 
 def _device(name: str) -> str:
-    if name == "auto":
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    from .devices import resolve_device
+    return str(resolve_device(name))
 
 
 def cmd_calibrate(a) -> int:
+    from .pipeline import config_from_cli
+
+    cfg = config_from_cli(a)
     model = False if a.shr_only else a.model
-    common = dict(index=a.index, model=model, batch_size=a.batch_size, seed=a.seed,
-                  backend=a.backend, resume=not a.no_resume, k=a.k, calibrate_real=a.real,
-                  workers=a.workers, progress=not a.quiet, model_batch=a.model_batch,
-                  retrieval=a.retrieval, candidates=a.candidates,
-                  **({} if a.shr_only else {"engine": a.engine, "precision": a.precision}))
     if a.ray or a.ray_address or a.ray_workers:
         from .distributed import calibrate_dir_ray
 
-        rep = calibrate_dir_ray(a.src, a.dst, num_workers=a.ray_workers,
+        rep = calibrate_dir_ray(a.src, a.dst, a.index, model, num_workers=a.ray_workers,
                                 cpus_per_worker=a.cpus_per_worker,
                                 gpus_per_worker=a.gpus_per_worker, address=a.ray_address,
-                                **common)
+                                config=cfg)
     else:
         from .pipeline import calibrate_dir
 
-        rep = calibrate_dir(a.src, a.dst, device=_device(a.device), **common)
+        rep = calibrate_dir(a.src, a.dst, a.index, model, config=cfg)
     print(summary(rep, a.dst))
     for path, err in rep["errors"].items():
         print(f"  failed {path}: {err}", file=sys.stderr)
@@ -192,28 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
         if not shr_only:
             s.add_argument("--model", default=None,
                            help="RHM checkpoint (default: the model shipped with the package)")
-            s.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
-                           help="how the RHM runs: torch (default, the reference) or "
-                                "onnxruntime (exported once; about 3x faster on CPU)")
-            s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                           help="the torch engine's RHM arithmetic: fp32 (default), bf16 "
-                                "(autocast; the fast path on GPUs), fp16 (CUDA only)")
-        s.add_argument("-k", type=int, default=200, help="neighbours per image (default 200)")
-        s.add_argument("--retrieval", choices=("exact", "prefilter"), default="exact",
-                       help="exact SSIM against the whole index (default), or prefilter: a "
-                            "short-list by embedding correlation re-ranked by exact SSIM, "
-                            "for large indexes (its recall is measured and reported)")
-        s.add_argument("--candidates", type=int, default=None,
-                       help="prefilter short-list per image (default max(4k, 1024))")
-        s.add_argument("--seed", type=int, default=0)
-        s.add_argument("--batch-size", type=int, default=16)
-        s.add_argument("--device", default="auto", help="auto (cuda if present) | cpu | cuda")
-        s.add_argument("--backend", default="auto", help="auto|torch|cpp|triton|cuda")
-        s.add_argument("--workers", type=int, default=4,
-                       help="decode and encode threads (default 4; use more on a fast GPU)")
-        s.add_argument("--model-batch", type=int, default=None,
-                       help="fixed micro-batch of retrieval/SHR/RHM (default 8 on CPU, 32 on "
-                            "CUDA); outputs are identical for any --batch-size at a given value")
+        from .pipeline.config import add_cli_options
+        add_cli_options(s, skip=() if not shr_only else ("engine", "precision", "shr"))
         s.add_argument("--ray", action="store_true",
                        help="run on Ray (a local cluster unless --ray-address): files are "
                             "split into shards, one task each; same outputs as a local run")
@@ -223,12 +199,6 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--cpus-per-worker", type=int, default=1)
         s.add_argument("--gpus-per-worker", type=float, default=0,
                        help="> 0 runs each Ray task on CUDA")
-        s.add_argument("--real", action="store_true",
-                       help="inputs are real images, maybe in the index: exclude each one's own "
-                            "entry (SPEC 6)")
-        s.add_argument("--no-resume", action="store_true",
-                       help="redo every file even if the manifest says it is done")
-        s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         s.set_defaults(fn=cmd_calibrate, shr_only=shr_only)
 
     from .training.cli import register as register_train

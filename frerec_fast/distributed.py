@@ -2,9 +2,11 @@
 
 The driver lists the files, cleans ``dst`` and splits the list into ``num_workers``
 shards (round-robin over the sorted paths, so shards are balanced and deterministic).
-Each shard is one Ray task that runs the local ``calibrate_dir`` on its files into the
-same ``dst``, appending to its own manifest (``frerec_manifest.<shard>.jsonl``), so no
-two processes ever write one file. The driver merges the shard reports into one
+Each shard is one Ray task that runs the local job's parts (``calibrate_shard``: the same
+plan, reader, calibrator and writer as ``calibrate_dir``) on its files into the same
+``dst``, appending to its own manifest (``frerec_manifest.<shard>.jsonl``), so no two
+processes ever write one file. The settings are one ``CalibrateConfig``, validated by
+the driver before any task starts. The driver merges the shard reports into one
 ``frerec_report.json``.
 
 Every output's bytes depend only on its input and the run settings (see
@@ -28,24 +30,24 @@ import torch
 
 from . import io as fio
 from .optional import optional_import
-from .pipeline import (MANIFEST, REPORT, check_dirs, gaps_from_profiles, manifest_paths,
-                       prepare_dst)
+from .pipeline import (MANIFEST, REPORT, CalibrateConfig, check_dirs, gaps_from_profiles,
+                       make_config, manifest_paths, prepare_dst)
+from .progress import bar as progress_bar
 
 
-def _shard_task(src: str, dst: str, files: list[str], shard: str, index: str, model,
-                device: str, threads: int, kwargs: dict) -> dict:
-    """One Ray task: the local job on a subset of files (runs in a Ray worker)."""
+def _shard_task(src: str, dst: str, shard: str, index: str, model, threads: int,
+                cfg: CalibrateConfig) -> dict:
+    """One Ray task: the local job's parts on a subset of files (runs in a Ray worker)."""
     torch.set_num_threads(threads)
-    from .pipeline import calibrate_dir
+    from .pipeline import calibrate_shard
 
-    return calibrate_dir(src, dst, index=index, model=model, device=device, files=files,
-                         _shard=shard, progress=False, resume=True, **kwargs)
+    return calibrate_shard(src, dst, index, model, cfg, shard)
 
 
 def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, model=None, *,
                       num_workers: int | None = None, cpus_per_worker: int = 1,
                       gpus_per_worker: float = 0, address: str | None = None,
-                      resume: bool = True, progress: bool = True, **kwargs) -> dict:
+                      config: CalibrateConfig | None = None, **settings) -> dict:
     """Calibrate ``src`` into ``dst`` with ``num_workers`` Ray tasks (see module docstring).
 
     index: path of a saved index (or a RealIndex loaded from one). model: a checkpoint
@@ -55,13 +57,20 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
     gpus_per_worker). cpus_per_worker: CPU threads per task (torch threads too).
     gpus_per_worker > 0 runs on CUDA. address: an existing Ray cluster ("auto", or
     "ray://host:port"); None starts a local one for this call (shut down afterwards).
-    kwargs: the local job's settings (seed, k, batch_size, model_batch, backend,
-    calibrate_real, overlap, engine, precision, retrieval, candidates, workers = decode
-    and encode threads per task).
+    config / settings: the local job's ``CalibrateConfig`` (workers = decode and encode
+    threads per task); ``device`` and ``files`` are set per task here, ``progress`` and
+    ``resume`` apply to the whole job.
     Returns the merged report (also ``dst/frerec_report.json``).
     """
     ray = optional_import("ray", "distributed calibration (pip install 'frerec_fast[ray]')")
     t0 = time.perf_counter()
+    for key in ("device", "files"):
+        if key in settings:
+            raise ValueError(f"calibrate_dir_ray sets {key!r} itself")
+    cfg = make_config(config, **settings)
+    if cfg.files is not None:
+        raise ValueError("calibrate_dir_ray takes every image under src (a files list is a "
+                         "local-run setting)")
     src, dst = check_dirs(src, dst)
     index_path = getattr(index, "path", index)
     if index_path is None:
@@ -69,13 +78,11 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
     if isinstance(model, torch.nn.Module):
         raise ValueError("calibrate_dir_ray ships a model to workers by path: save it with "
                          "frerec_fast.model.save_checkpoint and pass the .safetensors path")
-    for key in ("device", "files", "_shard", "progress", "resume"):
-        if key in kwargs:
-            raise ValueError(f"calibrate_dir_ray sets {key!r} itself")
-    device = "cuda" if gpus_per_worker > 0 else "cpu"
+    task_cfg = cfg.replace(device="cuda" if gpus_per_worker > 0 else "cpu", progress=False,
+                           resume=True)  # the driver's prepare_dst honours resume=False
 
     dst.mkdir(parents=True, exist_ok=True)
-    prepare_dst(dst, resume)
+    prepare_dst(dst, cfg.resume)
     rels = fio.scan_images(src)
     started = not ray.is_initialized()
     if started:
@@ -89,10 +96,10 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
         num_workers = max(1, min(int(num_workers), len(rels) or 1))
         shards = [rels[i::num_workers] for i in range(num_workers)]
         task = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)(_shard_task)
-        refs = [task.remote(str(src), str(dst), files, f"shard{i:04d}", str(index_path), model,
-                            device, cpus_per_worker, kwargs)
+        refs = [task.remote(str(src), str(dst), f"shard{i:04d}", str(index_path), model,
+                            cpus_per_worker, task_cfg.replace(files=tuple(files)))
                 for i, files in enumerate(shards) if files]
-        reports = _wait(ray, refs, dst, len(rels), progress)
+        reports = _wait(ray, refs, dst, len(rels), cfg.progress)
     finally:
         if started:
             ray.shutdown()
@@ -110,21 +117,14 @@ def _ratio(index_path) -> float:
 
 def _wait(ray, refs: list, dst: Path, total: int, progress: bool) -> list[dict]:
     """Results in shard order; a progress bar fed by the manifests' line counts."""
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=total, desc="calibrate (ray)", unit="img")
-        except ImportError:
-            pass
+    bar = progress_bar(total, "calibrate (ray)", "img", progress)
     pending = list(refs)
     while pending:
         _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-        if bar is not None:
+        if progress:
             done = sum(sum(1 for _ in open(m)) for m in manifest_paths(dst) if m.name != MANIFEST)
             bar.update(max(0, min(done, total) - bar.n))
-    if bar is not None:
-        bar.close()
+    bar.close()
     return ray.get(refs)
 
 

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from . import io as fio
+from .channels import to_channels
 from .ops import band_stats, ssim_topk
+from .progress import bar as progress_bar
 from .spectral import luma
 
 log = logging.getLogger("frerec_fast")
@@ -78,16 +80,6 @@ def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
         return F.interpolate(x, size=size, mode="area")
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
-
-
-def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Match the index's channel count: grey -> RGB by replication, RGB -> grey by luma.
-
-    x: [B, C, H, W]. Returns: [B, channels, H, W].
-    """
-    if x.shape[1] == channels:
-        return x
-    return x.expand(-1, 3, -1, -1) if channels == 3 else luma(x)
 
 
 def thumbnails(x: torch.Tensor, retrieval_size: tuple[int, int]) -> torch.Tensor:
@@ -288,7 +280,7 @@ def build_index(real_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         cfg = IndexConfig(ratio, domain, _pair(work_size), _pair(retrieval_size), int(channels))
     thumbs, mus, sigmas, keys, hashes, skipped = [], [], [], [], [], []
     n_resized = n_converted = 0
-    bar = _progress(len(rels), "index", progress)
+    bar = progress_bar(len(rels), "index", "file", progress)
     batch: list[torch.Tensor] = []
 
     def flush():
@@ -341,21 +333,3 @@ def build_index(real_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     if out is not None:
         index.save(out)
     return index
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="file")

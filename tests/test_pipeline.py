@@ -515,7 +515,7 @@ def test_model_digest_tracks_weight_changes():
     """The run fingerprint's model hash is cached on the module: every kind of weight
     change must still change it, and it must equal a fresh module's hash of the same
     weights (which has no cache)."""
-    from frerec_fast.pipeline import _model_digest
+    from frerec_fast.pipeline import model_digest as _model_digest
 
     def fresh(m):
         other = tiny_model()

@@ -8,9 +8,21 @@ from pathlib import Path
 import torch
 
 from .onnx_engine import OnnxRHM
-from .torch_engine import AutocastRHM, check_precision
+from .torch_engine import PRECISIONS, AutocastRHM, check_precision
 
 ENGINES = ("torch", "onnxruntime")
+
+
+def check_engine_settings(engine: str, precision: str) -> None:
+    """Refuse an unknown engine or precision, or a combination that cannot run
+    (device-specific checks: ``check_precision``)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if engine != "torch" and precision != "fp32":
+        raise ValueError(f"engine {engine!r} runs fp32 only; precision={precision!r} "
+                         "needs engine='torch'")
 
 
 def build_engine(model, engine: str, size: tuple[int, int], device: torch.device,
@@ -21,12 +33,8 @@ def build_engine(model, engine: str, size: tuple[int, int], device: torch.device
     ("bf16"; "fp16" on CUDA); "onnxruntime" exports it (into ``cache_dir``, default a
     fresh temporary folder) and returns an OnnxRHM, which runs fp32 only.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    check_engine_settings(engine, precision)
     check_precision(precision, torch.device(device))
-    if engine != "torch" and precision != "fp32":
-        raise ValueError(f"engine {engine!r} runs fp32 only; precision={precision!r} "
-                         "needs engine='torch'")
     if model is None:
         return model
     if engine == "torch":

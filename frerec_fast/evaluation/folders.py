@@ -20,7 +20,8 @@ from typing import Sequence
 import torch
 
 from .. import io as fio
-from ..index import resample, to_channels
+from ..channels import to_channels
+from ..index import resample
 
 
 class EvalInputError(ValueError):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..index import RealIndex, build_index
+from ..progress import bar as progress_bar
 from . import spectral as sp
 from .classify import BACKBONES, predict_proba, train_classifier
 from .features import make_encoder, split_80_20, tsne_2d
@@ -34,27 +35,10 @@ DEFAULT_STEPS, QUICK_STEPS = 200, 12
 DEFAULT_SEEDS, QUICK_SEEDS = 5, 2
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-            return tqdm(total=total, desc=desc, leave=True)
-        except ImportError:
-            pass
-
-    class _No:
-        def update(self, n=1):
-            pass
-
-        def close(self):
-            pass
-    return _No()
-
-
 @contextmanager
 def _stage(timings: dict, name: str, total: int, progress: bool):
     t0 = time.perf_counter()
-    bar = _bar(total, name, progress)
+    bar = progress_bar(total, name, enabled=progress)
     try:
         yield bar
     finally:

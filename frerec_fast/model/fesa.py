@@ -18,12 +18,16 @@ on CPU that is the torch reference, on CUDA the CUDA kernels, else Triton, else 
 The fast kernels are atomics-free, so training with them is deterministic. The torch
 reference is always used while tracing, scripting, exporting (ONNX, torch.export) or
 compiling, and for tensor subclasses (fake tensors): the kernels are opaque to those.
-`set_ring_backend(model, name)` switches every FrequencyBranch of a model.
+`set_ring_backend(model, name)` switches every FrequencyBranch of a model;
+`with ring_backend(name):` overrides it for the calls inside, leaving the model as it is
+(what a run does with a model the caller passed in).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -69,6 +73,27 @@ def _ring_ops(backend: str, device_type: str) -> tuple[Callable, Callable]:
     """
     return (backends.resolve("ring_pool_amplitude", backend, device_type),
             backends.resolve("ring_scatter", backend, device_type))
+
+
+_OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("ring_backend",
+                                                                      default=None)
+
+
+def _check_backend(backend: str) -> None:
+    if backend != "auto" and backend not in backends.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; "
+                         f"choose one of {('auto',) + backends.BACKENDS}")
+
+
+@contextlib.contextmanager
+def ring_backend(backend: str) -> Iterator[None]:
+    """Run every FrequencyBranch called inside with ``backend``, whatever it is set to."""
+    _check_backend(backend)
+    token = _OVERRIDE.set(backend)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
 
 
 def set_ring_backend(module: nn.Module, backend: str) -> nn.Module:
@@ -136,10 +161,11 @@ class FrequencyBranch(nn.Module):
             re, im = _dft.rfft2(x.float(), self.dft)                       # [B, C, H, Wh]
         idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=x.device, w=w)
         n_bins = self.n_rings * self.n_sectors
-        if self.backend == "torch" or _graph_capture(x):
+        backend = _OVERRIDE.get() or self.backend
+        if backend == "torch" or _graph_capture(x):
             pool_amplitude, scatter = _TORCH_OPS
         else:
-            pool_amplitude, scatter = _ring_ops(self.backend, x.device.type)
+            pool_amplitude, scatter = _ring_ops(backend, x.device.type)
         # |X| averaged over channels, mean-pooled per bin: [B, n_bins] -> [B, 1, S, R].
         polar = pool_amplitude(re, im, idx, n_bins).reshape(-1, 1, self.n_sectors, self.n_rings)
         mod = torch.sigmoid(self.gate(polar)) * self.value(polar)          # [B, 1, S, R]

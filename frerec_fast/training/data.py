@@ -16,7 +16,8 @@ from typing import Sequence
 import torch
 
 from .. import io as fio
-from ..index import RealIndex, resample, to_channels
+from ..channels import to_channels
+from ..index import RealIndex, resample
 from ..seeding import image_seed
 
 

@@ -24,10 +24,13 @@ from typing import Any
 import torch
 from safetensors.torch import load as st_load
 
+from ..devices import resolve_device
 from ..index import RealIndex, build_index
 from ..model import RHM, RHMConfig, rhm_loss, save_checkpoint
 from ..model.checkpoint import checkpoint_paths
 from ..ops import shr
+from ..progress import NoBar
+from ..progress import bar as progress_bar
 from ..seeding import sample_eps
 from ..spectral import frequency_gap, luma, psnr, spectral_profile
 from ..ssim import ssim
@@ -88,13 +91,6 @@ def _resolve_amp(amp, device: torch.device) -> str | None:
     if amp is None:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return amp
-
-
-def _resolve_device(device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={str(device)!r} but torch sees no CUDA GPU; use device='cpu'")
-    return dev
 
 
 def _open_index(src, out: Path, real_dir, progress: bool) -> tuple[RealIndex, Path]:
@@ -222,16 +218,6 @@ def _validation(index: RealIndex, val_dir, train: ImageSet, seed: int, k: int, b
                        dev, bs)
 
 
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
 def _resume_point(out: Path, train_cfg: dict, model_cfg: RHMConfig, dhash: str):
     """The latest verifiable epoch in ``out`` as (stem, meta, optimizer state), or None."""
     for epoch in reversed(st.completed_epochs(out)):
@@ -311,7 +297,7 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
     from ..allocator import tune
     tune()  # glibc: page faults otherwise cost more than the arithmetic (allocator.py)
     out = Path(out)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     amp_mode = _resolve_amp(amp, dev)
     if epochs < 1 or batch_size < 1 or k < 1 or keep_checkpoints < 1:
         raise ValueError("epochs, batch_size, k and keep_checkpoints must be >= 1")
@@ -398,7 +384,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
 
     val = _validation(index, val_dir, train, seed, k, backend, dev, max(bs, 16))
     mu_db, sigma_db = index.tensors_on(dev)[1:]
-    bar = _bar(total_steps, start_epoch * spe, progress)
+    bar = progress_bar(total_steps, "train", "step", progress, initial=start_epoch * spe)
     n_params = sum(p.numel() for p in model.parameters())
     t_run = time.perf_counter()
     try:
@@ -434,11 +420,10 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                 scaler.step(opt)
                 scaler.update()
                 loss_sum += loss.detach().item()
-                if bar is not None:
-                    rate = (s + 1) * bs / max(time.perf_counter() - t_epoch, 1e-9)
-                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (s + 1):.5f}",
-                                    img_s=f"{rate:.1f}", refresh=False)
-                    bar.update(1)
+                rate = (s + 1) * bs / max(time.perf_counter() - t_epoch, 1e-9)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / (s + 1):.5f}",
+                                img_s=f"{rate:.1f}", refresh=False)
+                bar.update(1)
             epoch_s = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": loss_sum / spe,
                       "lr": lr_now, "images_per_s": spe * bs / epoch_s, "seconds": epoch_s}
@@ -449,10 +434,10 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                    f"{v['gap_model']:.4f} ({v['gap_shr']:.4f}), clean in {v['psnr_clean']:.2f} dB"
                    f" | score {v['score']:.2f} vs identity {v['score_identity']:.2f}"
                    f"{' *' if improved else ''}")
-            if bar is not None:
-                bar.write(msg)
-            else:
+            if isinstance(bar, NoBar):
                 log.info(msg)
+            else:
+                bar.write(msg)
             history.append(record)
             meta = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "train_config": train_cfg,
                     "model_config": config.to_dict(), "data_hash": dhash,
@@ -469,8 +454,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                 st.remove_epoch(out, old)
             _prune_best(out, history, st.completed_epochs(out))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     final_meta = {"epoch": epochs, "step": total_steps, "train_config": train_cfg,
                   "model_config": config.to_dict(), "data_hash": dhash,
                   "train_seconds": seconds_before + time.perf_counter() - t_run,

@@ -1,0 +1,242 @@
+"""The run record: where a run may write, what it has done (the manifest), the resume
+fingerprint, and the report it leaves behind."""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import io as fio
+from ..index import RealIndex, resample
+from ..progress import bar as progress_bar
+from ..spectral import frequency_gap, luma, spectral_profile
+
+MANIFEST = "frerec_manifest.jsonl"
+REPORT = "frerec_report.json"
+GAP_SAMPLE = 256
+# SPEC 8 asks every reported gap to name its protocol. One run sees only its own outputs
+# and the index, so its gap is always "against raw real"; the deployed protocol needs the
+# real held-out images calibrated too, which ``frerec eval`` does.
+GAP_PROTOCOL = ("against raw real: a sample of this run's inputs and outputs vs the index's "
+                "real images (uncalibrated), luma at the retrieval size")
+
+
+class Status(str, enum.Enum):
+    """A file's outcome in the manifest (the string is what the manifest stores)."""
+    OK = "ok"
+    ERROR = "error"
+
+
+# -- where a run may write ------------------------------------------------------------------
+def check_dirs(src, dst) -> tuple[Path, Path]:
+    """Resolved (src, dst); refuses a missing src and a dst equal to, inside or
+    containing src (inputs are never modified)."""
+    src, dst = Path(src).resolve(), Path(dst).resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: input directory not found")
+    if dst == src or src in dst.parents or dst in src.parents:
+        raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
+                         f"the input directory {src} (inputs are never modified)")
+    return src, dst
+
+
+def manifest_paths(dst: Path) -> list[Path]:
+    """The manifests in ``dst``: the local run's and those of distributed shards."""
+    return sorted(Path(dst).glob("frerec_manifest*.jsonl"))
+
+
+def prepare_dst(dst: Path, resume: bool) -> None:
+    """Before a run: remove temp files of interrupted writes, and the manifests too when
+    not resuming (so that every file is redone)."""
+    for stale in dst.rglob(f"*{fio.TMP_SUFFIX}"):
+        stale.unlink()
+    if not resume:
+        for m in manifest_paths(dst):
+            m.unlink()
+
+
+def checked_files(src: Path, files: Sequence[str]) -> list[str]:
+    """Relative POSIX paths of ``files`` under ``src``, sorted; refuses paths outside it."""
+    out = []
+    for f in files:
+        p = (src / f).resolve()
+        if src not in p.parents:
+            raise ValueError(f"{f}: not a file under the input directory {src}")
+        out.append(p.relative_to(src).as_posix())
+    return sorted(set(out))
+
+
+# -- what is done ---------------------------------------------------------------------------
+class Manifest:
+    """Append-only JSON-lines record of finished files, fsynced after each line.
+
+    Appends go to ``path``; what is done is read from every manifest in its folder
+    (``frerec_manifest*.jsonl``), so a local run resumes a distributed one and vice
+    versa. A line cut short by a kill is dropped on opening, so the file stays usable.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, list[dict]] = {}
+        others = [p for p in manifest_paths(path.parent) if p != path]
+        for p in others + ([path] if path.exists() else []):
+            data = p.read_bytes()
+            if p == path and data and not data.endswith(b"\n"):
+                # A line torn by a crash: drop it, or the next append would be glued to
+                # it and lost as well.
+                data = data[:data.rfind(b"\n") + 1]
+                with open(path, "r+b") as fh:
+                    fh.truncate(len(data))
+            for line in data.decode("utf-8", errors="replace").splitlines():
+                try:
+                    e = json.loads(line)
+                    self.entries.setdefault(e["path"], []).append(e)
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+                    continue
+        self._fh = open(path, "a")
+
+    def done(self, rel: str, digest: str, dst: Path, run: str | None = None) -> bool:
+        """True if ``rel`` was written with this input hash by a run of the same
+        settings (``run``: fingerprint of seed, k, index, model, ...), and its output
+        still exists."""
+        return any(e.get("status") == Status.OK and e.get("input_sha256") == digest
+                   and (run is None or e.get("run") == run)
+                   and (dst / e.get("output", rel)).is_file()
+                   for e in self.entries.get(rel, ()))
+
+    def append(self, entry: dict) -> None:
+        self.entries.setdefault(entry["path"], []).append(entry)
+        self._fh.write(json.dumps(entry) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class RunRecord:
+    """One run's bookkeeping: manifest lines, counts, errors and the progress bar.
+
+    Every file ends here exactly once, as ok, failed or skipped (already done).
+    """
+
+    def __init__(self, manifest: Manifest, src: Path, seed: int, run_id: str, total: int,
+                 progress: bool):
+        self.manifest, self.src, self.seed, self.run_id = manifest, src, seed, run_id
+        self.counts = {"ok": 0, "failed": 0, "skipped": 0}
+        self.errors: dict[str, str] = {}
+        self.bar = progress_bar(total, "calibrate", "img", progress)
+
+    def ok(self, rel: str, digest: str, out_hash: str, tiles: int) -> None:
+        self.manifest.append({"path": rel, "output": rel, "input_sha256": digest,
+                              "output_sha256": out_hash, "status": Status.OK.value,
+                              "seed": self.seed, "run": self.run_id, "tiles": tiles})
+        self.counts["ok"] += 1
+        self.bar.update(1)
+
+    def failed(self, rel: str, digest: str | None, err: str) -> None:
+        self.counts["failed"] += 1
+        self.errors[rel] = err
+        self.manifest.append({"path": rel, "input_sha256": digest, "status": Status.ERROR.value,
+                              "error": err, "seed": self.seed, "run": self.run_id})
+        self.bar.update(1)
+
+    def skipped(self) -> None:
+        self.counts["skipped"] += 1
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.manifest.close()
+        self.bar.close()
+
+
+# -- the resume fingerprint -----------------------------------------------------------------
+def index_digest(index: RealIndex) -> str:
+    """The index's tensor checksum from its index.json when it was loaded from disk,
+    else a hash of its tensors and keys."""
+    if index.path is not None:
+        try:
+            meta = json.loads((Path(index.path) / "index.json").read_text())
+            if meta.get("tensors_sha256"):
+                return meta["tensors_sha256"]
+        except (OSError, ValueError):
+            pass
+    h = hashlib.sha256(json.dumps(index.config.to_dict(), sort_keys=True).encode())
+    for t in (index.thumbs, index.mu, index.sigma):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update("\x1f".join(index.keys).encode())
+    return h.hexdigest()
+
+
+def model_digest(net) -> str | None:
+    """Hash of a model's config and weights (None: SHR only). A callable without a
+    state_dict (an exported engine) is known by its type only."""
+    if net is None:
+        return None
+    if not hasattr(net, "state_dict"):
+        return f"{type(net).__module__}.{type(net).__qualname__}"
+    state = sorted(net.state_dict(keep_vars=True).items())  # the tensors themselves: stable ids
+    cfg = getattr(net, "config", None)
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True) if hasattr(cfg, "to_dict") else ""
+    # Hashing copies every weight to the host (120 MB for the paper-size RHM): cached on
+    # the module while no tensor was replaced (id, storage pointer, dtype, device) or
+    # changed in place (torch's per-tensor version counter, bumped by every such update).
+    key = (cfg_json, tuple((name, id(t), t.data_ptr(), t.dtype, t.device, t._version)
+                           for name, t in state))
+    cached = getattr(net, "_frerec_digest", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256(cfg_json.encode())
+    for name, t in state:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    try:
+        net._frerec_digest = (key, digest)
+    except AttributeError:  # a module that refuses new attributes: hash every time
+        pass
+    return digest
+
+
+def run_fingerprint(**settings) -> str:
+    """Short hash of the settings that decide an output's bytes, stored with each
+    manifest line so that resume never mixes outputs of different settings."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# -- the report's frequency gaps ------------------------------------------------------------
+def sample_gaps(sample_in: list, sample_out: list, index: RealIndex) -> dict:
+    """Frequency gaps (SPEC 8) of input and output samples ([C, h, w] tiles) to the
+    index's thumbnails, all at the retrieval size (area resampling)."""
+    if not sample_in or not sample_out:
+        return {}
+    size = index.config.retrieval_size
+    step = max(1, len(index) // 1024)
+    ref = spectral_profile(index.thumbs[::step].float())
+
+    def prof(xs):
+        return spectral_profile(resample(luma(torch.stack(xs).float()), size))
+
+    pi, po = prof(sample_in), prof(sample_out)
+    out = gaps_from_profiles(pi, po, ref, index.config.ratio)
+    # Mean log10 profiles are linear in the images: shards' reports merge exactly.
+    out["profiles"] = {"inputs": pi.tolist(), "outputs": po.tolist(), "index": ref.tolist(),
+                       "n_inputs": len(sample_in), "n_outputs": len(sample_out)}
+    out["sample"] = min(len(sample_in), len(sample_out))
+    return out
+
+
+def gaps_from_profiles(pi: torch.Tensor, po: torch.Tensor, ref: torch.Tensor,
+                       ratio: float) -> dict:
+    """The report's gap block from mean profiles [R] of inputs, outputs and the index."""
+    gi = frequency_gap(pi, ref, ratio)
+    go = frequency_gap(po, ref, ratio)
+    return {"protocol": GAP_PROTOCOL,
+            "inputs_vs_index": {"high_band": gi[0], "all_radii": gi[1]},
+            "outputs_vs_index": {"high_band": go[0], "all_radii": go[1]}}

@@ -1,0 +1,279 @@
+"""``calibrate_dir``: the reader, the calibrator, the writer and the run record composed
+into one streaming, resumable job (see ``frerec_fast/pipeline/__init__.py`` for the
+picture)."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__, backends
+from .. import io as fio
+from ..devices import resolve_device
+from ..index import RealIndex
+from ..ssim import clamp_k
+from .calibrator import Calibrator, Compute, Stages
+from .config import CalibrateConfig, make_config
+from .reader import SelfExclusion, input_files, make_job, read_files
+from .record import (MANIFEST, REPORT, Manifest, RunRecord, check_dirs, index_digest,
+                     model_digest, prepare_dst, run_fingerprint, sample_gaps)
+from .writer import Writer
+
+# Default micro-batch (tiles per compute call) per device type; see calibrator.py.
+MODEL_BATCH = {"cpu": 8, "cuda": 32}
+
+
+def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, model=None,
+                  config: CalibrateConfig | None = None, **settings) -> dict:
+    """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
+    bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
+
+    index: a RealIndex or the path of one (required). model: a loaded RHM, a checkpoint
+    path, None for the shipped default model, or False for SHR only (no RHM).
+    config: a ``CalibrateConfig``; ``settings`` (its field names) change single values,
+    e.g. ``calibrate_dir(src, dst, index=i, device="cpu", k=20)``. The settings:
+
+    device: "auto" (default: CUDA when present), "cpu", "cuda", "cuda:N".
+    Images larger than the index's working size are processed in overlapping tiles of
+    that size (``overlap`` of a tile, default 0.25; see ``frerec_fast.tiles``); smaller
+    ones are reported as errors.
+    calibrate_real=True excludes each image's own index entry (matched by content hash)
+    when it is a real image of the index (SPEC 6).
+    resume=True skips files that the manifest in ``dst`` records as done with the same
+    input hash and the same run settings (seed, k, calibrate_real, overlap, model_batch,
+    index and model contents); any other file, failed ones included, is (re)done.
+    batch_size: tiles gathered per step, rounded up to a multiple of ``model_batch``;
+    it never changes the output bytes. model_batch: tiles per compute call (retrieval,
+    SHR, RHM), fixed so that outputs do not depend on batch shapes (calibrator.py);
+    default 8 on CPU, 32 on CUDA. Outputs are reproducible for one device, backend,
+    thread count and model_batch.
+    files: only these paths relative to ``src`` (default: every image under it).
+    workers: decode threads, and encode threads (at least 2); a 256x256 16-bit PNG
+    costs about 5 ms to encode, so a fast GPU needs several (the manifest keeps the
+    input order whatever the thread count).
+    engine: how the RHM runs: "torch" (the module, default) or "onnxruntime" (exported
+    once to ONNX at the working size; about 3x faster on CPU; outputs agree with torch
+    to float tolerance, not bit for bit). See ``frerec_fast.engine``.
+    precision: the torch engine's arithmetic: "fp32" (default), "bf16" (CPU or CUDA) or
+    "fp16" (CUDA), the RHM under autocast; the fast setting on tensor-core GPUs. Outputs
+    differ from fp32 by the reduced rounding, reproducibly.
+    retrieval: "exact" (default: SSIM against every index image) or "prefilter"
+    (``candidates`` per tile short-listed by embedding correlation, default
+    max(4k, 1024), then exact SSIM; see ``frerec_fast.prefilter``): for large indexes.
+    Its recall@k against exact mode is measured on the first micro-batch and reported
+    under ``report["retrieval"]``.
+    shr: False skips retrieval and SHR and runs the RHM on the decoded input (the
+    ablation "RHM with FESA, no SHR at inference" of the paper's Table 3; needs a model).
+    backend: "auto" or a named backend for retrieval, SHR and the RHM's ring pooling
+    (the model passed in is not changed). seed: SHR's noise seed. k: neighbours.
+    progress: a tqdm bar.
+
+    Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
+    ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
+    """
+    from ..allocator import tune
+    tune()  # glibc: page faults otherwise cost more than the RHM's arithmetic (allocator.py)
+    t_start = time.perf_counter()
+    cfg = make_config(config, **settings)
+    src, dst = check_dirs(src, dst)
+    run = plan(src, dst, index, model, cfg)  # every setting checked before dst is touched
+    dst.mkdir(parents=True, exist_ok=True)
+    prepare_dst(dst, cfg.resume)
+    report = execute(run, input_files(src, cfg.files), dst / MANIFEST, t_start)
+    fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
+    return report
+
+
+def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) -> dict:
+    """One shard of a distributed run (``calibrate_dir_ray``): ``cfg.files`` into
+    ``dst``, appending to the shard's own manifest; ``dst`` cleanup and the report
+    belong to the driver (a shard must not delete the temp files its siblings write)."""
+    t_start = time.perf_counter()
+    src, dst = check_dirs(src, dst)
+    run = plan(src, dst, index, model, cfg)
+    dst.mkdir(parents=True, exist_ok=True)
+    return execute(run, input_files(src, cfg.files),
+                   dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
+
+
+@dataclass
+class Run:
+    """A run with every setting resolved against its index, model and device."""
+    src: Path
+    dst: Path
+    cfg: CalibrateConfig
+    compute: Compute
+    step: int                 # tiles per step: batch_size rounded up to micro-batches
+    used: dict                # op -> backend actually used
+    recall: dict              # retrieval mode, candidates; the recall check adds to it
+    run_id: str               # the resume fingerprint
+
+
+def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
+    """Load the index and model, resolve device, backends, K and micro-batch, and the
+    fingerprint of everything that can change an output's bytes."""
+    if index is None:
+        raise ValueError("an index is required: build one with frerec_fast.build_index "
+                         "(CLI: frerec index REAL_DIR OUT)")
+    dev = resolve_device(cfg.device)
+    index = index if isinstance(index, RealIndex) else RealIndex.load(index)
+    net = _load_model(model, dev)
+    if not cfg.shr and net is None:
+        raise ValueError("shr=False with model=False leaves nothing to compute: pass a model "
+                         "(RHM without SHR) or keep shr=True")
+    mc = getattr(getattr(net, "config", None), "in_channels", None)
+    if mc is not None and mc != index.config.channels:
+        raise ValueError(f"the model takes {mc} channel(s) but the index has "
+                         f"{index.config.channels}")
+    if net is not None:
+        from ..engine import check_precision
+        check_precision(cfg.precision, dev)
+    kk = clamp_k(cfg.k, len(index), cfg.calibrate_real)  # a bad k fails before dst is touched
+    used, search_backend, recall = _backends(cfg, dev, index, net, kk)
+    micro = int(cfg.model_batch or MODEL_BATCH.get(dev.type, 8))
+    rhm = net is not None
+    # Everything that can change an output's bytes: the settings, the data, the code and
+    # the arithmetic (device type, backends, CPU thread count: float sums are split by it).
+    run_id = run_fingerprint(
+        seed=cfg.seed, k=cfg.k, calibrate_real=cfg.calibrate_real, overlap=cfg.overlap,
+        model_batch=micro, index=index_digest(index), model=model_digest(net),
+        engine=cfg.engine if rhm else None, precision=cfg.precision if rhm else None,
+        retrieval=cfg.retrieval, candidates=recall.get("candidates"),
+        **({} if cfg.shr else {"shr": False}), device=dev.type, backends=used,
+        threads=torch.get_num_threads() if dev.type == "cpu" else None,
+        torch=torch.__version__, frerec_fast=__version__)
+    compute = Compute(index=index, net=_engine(net, cfg, index, dev), device=dev, micro=micro,
+                      k=cfg.k, seed=cfg.seed, backend=cfg.backend,
+                      search_backend=search_backend, retrieval=cfg.retrieval,
+                      candidates=recall.get("candidates"), calibrate_real=cfg.calibrate_real,
+                      shr=cfg.shr)
+    return Run(src, dst, cfg, compute, micro * -(-cfg.batch_size // micro), used, recall,
+               run_id)
+
+
+def _load_model(model, device: torch.device):
+    if model is False:
+        return None
+    if isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    from ..model import load_rhm
+
+    if model is None:
+        from ..training.default import default_model_path
+        model = default_model_path()
+    return load_rhm(model, device=device)
+
+
+def _backends(cfg: CalibrateConfig, dev: torch.device, index: RealIndex, net, kk: int):
+    """(op -> backend used, retrieval's backend, the retrieval block of the report)."""
+    used = {op: backends.resolve_name(op, cfg.backend, dev) for op in ("ssim_topk", "shr")}
+    recall = {"mode": cfg.retrieval}
+    search_backend = cfg.backend
+    if cfg.retrieval == "prefilter":
+        from ..prefilter import default_candidates
+        recall["candidates"] = min(max(int(cfg.candidates or default_candidates(kk, len(index))),
+                                       kk), len(index))
+        # The short list is re-ranked by the "ssim_pairs" op (torch, cpp): a backend
+        # without one (triton, cuda) re-ranks with the fastest here, named in the report.
+        try:
+            used["ssim_pairs"] = backends.resolve_name("ssim_pairs", cfg.backend, dev)
+        except backends.BackendUnavailable:
+            search_backend = "auto"
+            used["ssim_pairs"] = backends.resolve_name("ssim_pairs", "auto", dev)
+    if net is not None and cfg.engine == "torch" and hasattr(net, "modules") \
+            and any(hasattr(m, "n_rings") for m in net.modules()):
+        for op in ("ring_pool_amplitude", "ring_scatter"):
+            used[op] = backends.resolve_name(op, cfg.backend, dev)
+    return used, search_backend, recall
+
+
+def _engine(net, cfg: CalibrateConfig, index: RealIndex, dev: torch.device):
+    """The callable the calibrator runs: the module (with the run's ring-pooling backend
+    set for its calls only), or the engine built from it."""
+    if net is None:
+        return None
+    if cfg.engine != "torch" or cfg.precision != "fp32":
+        from ..engine import build_engine
+        net = build_engine(net, cfg.engine, tuple(index.config.work_size), dev,
+                           precision=cfg.precision)
+    if cfg.engine != "torch":
+        return net
+    from ..model.fesa import ring_backend
+
+    def run_rhm(x: torch.Tensor, _net=net) -> torch.Tensor:
+        with ring_backend(cfg.backend):
+            return _net(x)
+    return run_rhm
+
+
+def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float) -> dict:
+    """Read, calibrate and write ``rels``, recording each file in the manifest."""
+    cfg, c = run.cfg, run.compute
+    manifest = Manifest(manifest_path)
+    record = RunRecord(manifest, run.src, cfg.seed, run.run_id, len(rels), cfg.progress)
+    stages = Stages()
+    own = SelfExclusion(c.index, cfg.calibrate_real)
+
+    def is_done(rel: str, digest: str) -> bool:
+        return cfg.resume and manifest.done(rel, digest, run.dst, run.run_id)
+
+    def collect(block: bool) -> None:
+        for job, out_hash, secs, err in writer.finished(block):
+            stages.encode += secs
+            if err is None:
+                record.ok(job.rel, job.digest, out_hash, job.n_tiles)
+            else:
+                record.failed(job.rel, job.digest, err)
+
+    try:
+        with ThreadPoolExecutor(cfg.workers) as pool, \
+                Writer(run.src, run.dst, cfg.overlap, cfg.workers) as writer:
+            calib = Calibrator(c, writer.submit, lambda job, why: record.failed(
+                job.rel, job.digest, why), stages, run.recall)
+            prefetch = max(2 * run.step, 2 * cfg.workers)
+            for got in read_files(run.src, rels, pool, prefetch, is_done):
+                stages.decode += got.seconds
+                if got.done:
+                    record.skipped()
+                    continue
+                if got.error is not None:
+                    record.failed(got.rel, got.digest, got.error)
+                    continue
+                try:
+                    job = make_job(run.src, got, c.index.config, own, cfg.overlap)
+                except Exception as e:  # any per-file problem is recorded; the run goes on
+                    record.failed(got.rel, got.digest, str(e) if isinstance(e, ValueError) else
+                                  f"{run.src / got.rel}: cannot prepare ({type(e).__name__}: {e})")
+                    continue
+                calib.add(job)
+                calib.run(run.step)
+                collect(block=False)
+            calib.flush()
+            collect(block=True)
+    finally:
+        record.close()
+    return _report(run, record, stages, calib, len(rels), time.perf_counter() - t_start)
+
+
+def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_files: int,
+            seconds: float) -> dict:
+    cfg, c = run.cfg, run.compute
+    rhm = c.net is not None
+    return {
+        **record.counts, "errors": record.errors,
+        "seconds": seconds, "images_per_s": record.counts["ok"] / seconds if seconds else 0.0,
+        "stage_seconds": vars(stages), "device": str(c.device),
+        "device_name": torch.cuda.get_device_name(c.device) if c.device.type == "cuda" else "cpu",
+        "backends": run.used, "rhm": rhm, "shr": cfg.shr,
+        "engine": cfg.engine if rhm else None, "precision": cfg.precision if rhm else None,
+        "retrieval": run.recall, "k": cfg.k, "seed": cfg.seed,
+        "batch_size": cfg.batch_size, "model_batch": c.micro, "run": run.run_id,
+        "index": str(c.index.path) if c.index.path else None,
+        "frequency_gap": sample_gaps(calib.sample_in, calib.sample_out, c.index),
+        "files": n_files,
+    }
