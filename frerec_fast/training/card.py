@@ -61,8 +61,10 @@ def card_text(config: dict, extra: dict, quality: dict | None = None,
     recipe = ("plain SHR with the nearest neighbours (SPEC 5)" if not pert or not any(
         pert[k] for k in ("identity", "random_bank", "tilt")) else
         f"the mixed distribution of `frerec_fast/training/perturb.py`: {pert['identity']:.0%} "
-        f"clean inputs; the rest SHR with the nearest neighbours or, for "
-        f"{pert['random_bank']:.0%}, a bank of K random real images, {pert['tilt']:.0%} of them "
+        f"clean inputs; the rest SHR with the nearest neighbours"
+        + (f" or, for {pert['random_bank']:.0%}, a bank of K random real images"
+           if pert["random_bank"] else "")
+        + f", {pert['tilt']:.0%} of them "
         f"after a random radial high-band gain (log10-amplitude slope within "
         f"+-{pert['max_slope']}, curvature within +-{pert['max_curve']})")
     arch = "FET-Restormer with FESA" if config.get("fesa", True) else \

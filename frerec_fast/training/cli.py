@@ -66,9 +66,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     s.add_argument("--keep", type=int, default=2, help="epoch checkpoints kept")
     s.add_argument("--perturb", choices=("mixed", "spec"), default="mixed",
-                   help="training inputs: mixed (default: clean inputs, nearest and random "
-                   "banks, radial high-band gains; see training/perturb.py) or spec (plain "
-                   "SHR with the nearest neighbours, SPEC 5)")
+                   help="training inputs: mixed (default: 30%% clean inputs, the rest SHR with "
+                   "the nearest neighbours, 80%% of those after a random radial high-band "
+                   "gain; see training/perturb.py) or spec (plain SHR with the nearest "
+                   "neighbours, SPEC 5)")
     s.add_argument("--keep-worse", action="store_true",
                    help="deliver the model even if no epoch beats the identity on validation "
                    "(default: refuse, write rhm_rejected.safetensors, exit 3)")
@@ -78,12 +79,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def run(a) -> int:
-    import torch
-
+    from ..devices import resolve_device
     from .perturb import Perturbation
     from .train import WorseThanIdentity, train_rhm
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    device = str(resolve_device(a.device))
     try:
         path = train_rhm(a.real, a.out, val_dir=a.val, real_dir=a.real_dir,
                          config=model_config(a), epochs=a.epochs, batch_size=a.batch_size,

@@ -14,7 +14,9 @@ So each training image draws one of three perturbations (a ``Perturbation`` sets
 fractions; ``Perturbation.spec()`` is SPEC 5 exactly):
   * **identity**: the clean crop itself (target = input);
   * **SHR** with the nearest neighbours (SPEC 5), or with a bank of K *random* real
-    images (a stronger, retrieval-independent change of level);
+    images (a stronger, retrieval-independent change of level; off by default: it
+    teaches the network to restore a level, which on a synthetic image is the
+    generator's, undoing SHR; docs/rhm_quality.md);
   * before that SHR, for a share of the images, a random smooth **radial gain** on the
     high band (``band_tilt``): a slope and a curvature of log-amplitude over the band, so
     the input's high-band shape differs from a real image's the way a generator's does.
@@ -39,11 +41,11 @@ class Perturbation:
     a random radial high-band gain first. max_slope, max_curve: log10-amplitude slope
     and curvature of that gain at the band's outer edge, drawn uniformly in +-max.
     """
-    identity: float = 0.15
-    random_bank: float = 0.3
-    tilt: float = 0.6
-    max_slope: float = 0.6
-    max_curve: float = 0.3
+    identity: float = 0.3
+    random_bank: float = 0.0
+    tilt: float = 0.8
+    max_slope: float = 1.0
+    max_curve: float = 0.5
 
     def __post_init__(self):
         for name in ("identity", "random_bank", "tilt"):
