@@ -53,6 +53,8 @@ def cmd_calibrate(a) -> int:
 
         rep = calibrate_dir(a.src, a.dst, a.index, model, config=cfg)
     print(summary(rep, a.dst))
+    for path, why in (rep.get("excluded") or {}).items():
+        print(f"  left out {path}: {why}", file=sys.stderr)
     for path, err in rep["errors"].items():
         print(f"  failed {path}: {err}", file=sys.stderr)
     if rep["failed"]:
@@ -65,7 +67,9 @@ def summary(rep: dict, dst) -> str:
     """A short text summary of a calibrate_dir report."""
     st = rep["stage_seconds"]
     lines = [f"{'FreRec' if rep['rhm'] else 'SHR only'}: {rep['ok']} written to {dst}, "
-             f"{rep['skipped']} already done, {rep['failed']} failed; {rep['seconds']:.1f}s, "
+             f"{rep['skipped']} already done, {rep['failed']} failed"
+             + (f", {len(rep['excluded'])} left out (links)" if rep.get("excluded") else "")
+             + f"; {rep['seconds']:.1f}s, "
              f"{rep['images_per_s']:.1f} img/s on {rep['device_name']} "
              f"(backends: {', '.join(f'{k}={v}' for k, v in rep['backends'].items())})",
              "  stage seconds (encode and decode: summed over their threads): "

@@ -83,7 +83,7 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
 
     dst.mkdir(parents=True, exist_ok=True)
     prepare_dst(dst, cfg.resume)
-    rels = fio.scan_images(src)
+    rels, excluded = fio.scan_tree(src, cfg.follow_symlinks)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -104,7 +104,8 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
         if started:
             ray.shutdown()
     report = merge_reports(reports, time.perf_counter() - t0, ratio=_ratio(index_path))
-    report.update({"files": len(rels), "workers": len(refs), "cpus_per_worker": cpus_per_worker,
+    report.update({"files": len(rels), "excluded": excluded, "workers": len(refs),
+                   "cpus_per_worker": cpus_per_worker,
                    "gpus_per_worker": gpus_per_worker})
     fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report

@@ -124,6 +124,71 @@ def scan_images(root: str | os.PathLike) -> list[str]:
     return sorted(found)
 
 
+def scan_tree(root: str | os.PathLike,
+              follow_symlinks: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Like ``scan_images``, with a policy for symbolic links (an untrusted input tree).
+
+    Without ``follow_symlinks`` a link (to a file or a folder) whose target lies outside
+    ``root`` is not read, nor is a broken or looping one; a link to a folder inside
+    ``root`` is not entered (its images are found under their own path). With it, links
+    are followed, folder loops cut. Returns (sorted relative paths, {relative path:
+    why it was left out}).
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a directory")
+    found, excluded, seen = [], {}, set()
+    # Folders reachable without links are taken under their own path, whatever order
+    # the walk meets a link to them in.
+    plain = {Path(dp).resolve() for dp, _, _ in os.walk(root)} if follow_symlinks else set()
+    ask = "pass follow_symlinks=True (CLI: --follow-symlinks) to read it"
+
+    def why_not(p: Path, kind: str) -> str | None:
+        try:
+            target = p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return f"{p}: broken or looping symbolic link: skipped"
+        if target != root and root not in target.parents:
+            return f"{p}: symbolic link to {target}, outside the input directory: skipped ({ask})"
+        if kind == "folder":
+            return (f"{p}: symbolic link to a folder inside the input directory: not entered "
+                    "(its images are taken under their own path)")
+        return None
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+        d = Path(dirpath)
+        if follow_symlinks:
+            real = d.resolve()
+            if real in seen:  # a folder loop, or a second way into one folder
+                excluded[d.relative_to(root).as_posix()] = f"{d}: folder already scanned " \
+                    f"as {real} (a symbolic link loop or a second link to it): skipped"
+                dirnames[:] = []
+                continue
+            seen.add(real)
+        keep = []
+        for name in sorted(dirnames):
+            p = d / name
+            if name.startswith("."):
+                continue
+            if p.is_symlink() and (not follow_symlinks or p.resolve() in plain):
+                excluded[p.relative_to(root).as_posix()] = why_not(p, "folder")
+                continue
+            keep.append(name)
+        dirnames[:] = keep
+        for f in filenames:
+            if f.startswith(".") or not is_supported(f):
+                continue
+            p = d / f
+            rel = p.relative_to(root).as_posix()
+            if p.is_symlink() and not follow_symlinks:
+                why = why_not(p, "file")
+                if why is not None:
+                    excluded[rel] = why
+                    continue
+            found.append(rel)
+    return sorted(found), dict(sorted(excluded.items()))
+
+
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

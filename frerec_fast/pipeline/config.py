@@ -54,6 +54,8 @@ class CalibrateConfig:
                           "reported)", choices=RETRIEVALS)
     candidates: int | None = _opt(None, "prefilter short-list per image (default max(4k, "
                                   "1024))", type=int)
+    follow_symlinks: bool = _opt(False, "read symbolic links that lead outside SRC (default: "
+                                 "skip and report them)", action="store_true")
     shr: bool = _opt(True, "skip retrieval and SHR: the RHM alone on the input (the "
                      "ablation 'RHM without SHR')", ("--no-shr",), action="store_false")
 

@@ -18,10 +18,14 @@ from ..tiles import cut
 from .record import checked_files
 
 
-def input_files(src: Path, files: Sequence[str] | None) -> list[str]:
-    """The run's files, relative to ``src`` and sorted: every image under it, or the
-    listed ``files`` (refused when outside ``src``)."""
-    return fio.scan_images(src) if files is None else checked_files(src, files)
+def input_files(src: Path, files: Sequence[str] | None,
+                follow_symlinks: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The run's files, relative to ``src`` and sorted: every image under it (symbolic
+    links by ``fio.scan_tree``'s policy), or the listed ``files`` (refused when outside
+    ``src``). Returns (files, {path: why it was left out})."""
+    if files is not None:
+        return checked_files(src, files, follow_symlinks), {}
+    return fio.scan_tree(src, follow_symlinks)
 
 
 @dataclass

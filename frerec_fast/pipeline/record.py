@@ -60,14 +60,18 @@ def prepare_dst(dst: Path, resume: bool) -> None:
             m.unlink()
 
 
-def checked_files(src: Path, files: Sequence[str]) -> list[str]:
-    """Relative POSIX paths of ``files`` under ``src``, sorted; refuses paths outside it."""
+def checked_files(src: Path, files: Sequence[str], follow_symlinks: bool = False) -> list[str]:
+    """Relative POSIX paths of ``files`` under ``src``, sorted; refuses paths outside it
+    (and, unless ``follow_symlinks``, links that lead outside it)."""
     out = []
     for f in files:
-        p = (src / f).resolve()
-        if src not in p.parents:
+        norm = Path(os.path.normpath(src / f))
+        if src not in norm.parents:
             raise ValueError(f"{f}: not a file under the input directory {src}")
-        out.append(p.relative_to(src).as_posix())
+        if not follow_symlinks and src not in (src / f).resolve().parents:
+            raise ValueError(f"{f}: leads outside the input directory {src} (a symbolic "
+                             "link; pass follow_symlinks=True / --follow-symlinks to read it)")
+        out.append(norm.relative_to(src).as_posix())
     return sorted(set(out))
 
 

@@ -71,7 +71,9 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     ablation "RHM with FESA, no SHR at inference" of the paper's Table 3; needs a model).
     backend: "auto" or a named backend for retrieval, SHR and the RHM's ring pooling
     (the model passed in is not changed). seed: SHR's noise seed. k: neighbours.
-    progress: a tqdm bar.
+    progress: a tqdm bar. follow_symlinks: read symbolic links that lead outside
+    ``src``; by default they are skipped and listed under ``report["excluded"]`` (an
+    untrusted tree must not copy other files of the machine into ``dst``).
 
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
@@ -84,7 +86,8 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     run = plan(src, dst, index, model, cfg)  # every setting checked before dst is touched
     dst.mkdir(parents=True, exist_ok=True)
     prepare_dst(dst, cfg.resume)
-    report = execute(run, input_files(src, cfg.files), dst / MANIFEST, t_start)
+    rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
+    report = execute(run, rels, dst / MANIFEST, t_start, excluded)
     fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
 
@@ -97,8 +100,9 @@ def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) ->
     src, dst = check_dirs(src, dst)
     run = plan(src, dst, index, model, cfg)
     dst.mkdir(parents=True, exist_ok=True)
-    return execute(run, input_files(src, cfg.files),
-                   dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
+    rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
+    return execute(run, rels, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start,
+                   excluded)
 
 
 @dataclass
@@ -211,8 +215,10 @@ def _engine(net, cfg: CalibrateConfig, index: RealIndex, dev: torch.device):
     return run_rhm
 
 
-def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float) -> dict:
-    """Read, calibrate and write ``rels``, recording each file in the manifest."""
+def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float,
+            excluded: dict | None = None) -> dict:
+    """Read, calibrate and write ``rels``, recording each file in the manifest;
+    ``excluded`` (paths the scan left out, with why) goes into the report."""
     cfg, c = run.cfg, run.compute
     manifest = Manifest(manifest_path)
     record = RunRecord(manifest, run.src, cfg.seed, run.run_id, len(rels), cfg.progress)
@@ -257,7 +263,9 @@ def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float) -> d
             collect(block=True)
     finally:
         record.close()
-    return _report(run, record, stages, calib, len(rels), time.perf_counter() - t_start)
+    report = _report(run, record, stages, calib, len(rels), time.perf_counter() - t_start)
+    report["excluded"] = dict(excluded or {})
+    return report
 
 
 def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_files: int,
