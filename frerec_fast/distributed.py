@@ -32,6 +32,7 @@ from . import io as fio
 from .optional import optional_import
 from .pipeline import (MANIFEST, REPORT, CalibrateConfig, check_dirs, gaps_from_profiles,
                        make_config, manifest_paths, prepare_dst)
+from .pipeline.record import RunLock
 from .progress import bar as progress_bar
 
 
@@ -82,6 +83,14 @@ def calibrate_dir_ray(src: str | os.PathLike, dst: str | os.PathLike, index, mod
                            resume=True)  # the driver's prepare_dst honours resume=False
 
     dst.mkdir(parents=True, exist_ok=True)
+    with RunLock(dst):  # the driver holds it for the whole job; shards do not lock
+        return _run_shards(ray, src, dst, index_path, model, cfg, task_cfg, num_workers,
+                           cpus_per_worker, gpus_per_worker, address, t0)
+
+
+def _run_shards(ray, src: Path, dst: Path, index_path, model, cfg: CalibrateConfig,
+                task_cfg: CalibrateConfig, num_workers, cpus_per_worker: int,
+                gpus_per_worker: float, address, t0: float) -> dict:
     prepare_dst(dst, cfg.resume)
     rels, excluded = fio.scan_tree(src, cfg.follow_symlinks)
     started = not ray.is_initialized()

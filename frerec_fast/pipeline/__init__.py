@@ -35,12 +35,13 @@ interrupted and resumed.
 """
 from .calibrator import Stages
 from .config import CalibrateConfig, add_cli_options, config_from_cli, make_config
-from .record import (GAP_PROTOCOL, GAP_SAMPLE, MANIFEST, REPORT, Manifest, RunRecord, Status,
-                     check_dirs, gaps_from_profiles, manifest_paths, model_digest,
-                     prepare_dst)
+from .record import (GAP_PROTOCOL, GAP_SAMPLE, MANIFEST, REPORT, Manifest, RunLock, RunLocked,
+                     RunRecord, Status, check_dirs, gaps_from_profiles, manifest_paths,
+                     model_digest, prepare_dst)
 from .run import MODEL_BATCH, calibrate_dir, calibrate_shard
 
 __all__ = ["CalibrateConfig", "GAP_PROTOCOL", "GAP_SAMPLE", "MANIFEST", "MODEL_BATCH", "REPORT",
-           "Manifest", "RunRecord", "Stages", "Status", "add_cli_options", "calibrate_dir",
+           "Manifest", "RunLock", "RunLocked", "RunRecord", "Stages", "Status", "add_cli_options",
+           "calibrate_dir",
            "calibrate_shard", "check_dirs", "config_from_cli", "gaps_from_profiles",
            "make_config", "manifest_paths", "model_digest", "prepare_dst"]

@@ -6,6 +6,8 @@ import enum
 import hashlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +75,54 @@ def checked_files(src: Path, files: Sequence[str], follow_symlinks: bool = False
                              "link; pass follow_symlinks=True / --follow-symlinks to read it)")
         out.append(norm.relative_to(src).as_posix())
     return sorted(set(out))
+
+
+class RunLocked(RuntimeError):
+    """Another run is writing into the same output directory."""
+
+
+class RunLock:
+    """An exclusive lock on ``dst`` for one run: a second run into the same folder is
+    refused with a message naming the first (pid, host, start time).
+
+    ``flock`` on ``dst/.frerec.lock``: the kernel drops it when the holder exits, however
+    it exits (SIGKILL included), so a killed run never leaves it stuck. It is advisory
+    and local: it protects runs on one machine (or a filesystem whose flock is shared
+    between its clients); where ``fcntl`` is missing (Windows) there is no lock.
+    """
+    NAME = ".frerec.lock"
+
+    def __init__(self, dst: Path):
+        self.path = Path(dst) / self.NAME
+        self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: runs are not serialised
+            return self
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "holder unknown"
+            fh.close()
+            raise RunLocked(f"{self.path.parent}: another frerec run is writing into this "
+                            f"output directory ({holder}); wait for it to finish, or choose "
+                            "another output directory") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+                 f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
 
 
 # -- what is done ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..ssim import clamp_k
 from .calibrator import Calibrator, Compute, Stages
 from .config import CalibrateConfig, make_config
 from .reader import SelfExclusion, input_files, make_job, read_files
-from .record import (MANIFEST, REPORT, Manifest, RunRecord, check_dirs, index_digest,
+from .record import (MANIFEST, REPORT, Manifest, RunLock, RunRecord, check_dirs, index_digest,
                      model_digest, prepare_dst, run_fingerprint, sample_gaps)
 from .writer import Writer
 
@@ -75,6 +75,9 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     ``src``; by default they are skipped and listed under ``report["excluded"]`` (an
     untrusted tree must not copy other files of the machine into ``dst``).
 
+    Two runs into one ``dst`` at once: the second raises ``RunLocked`` naming the first
+    (``record.RunLock``; a killed run leaves no stale lock).
+
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     """
@@ -85,10 +88,11 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     src, dst = check_dirs(src, dst)
     run = plan(src, dst, index, model, cfg)  # every setting checked before dst is touched
     dst.mkdir(parents=True, exist_ok=True)
-    prepare_dst(dst, cfg.resume)
-    rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
-    report = execute(run, rels, dst / MANIFEST, t_start, excluded)
-    fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
+    with RunLock(dst):  # before prepare_dst: it deletes temp files a running job may own
+        prepare_dst(dst, cfg.resume)
+        rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
+        report = execute(run, rels, dst / MANIFEST, t_start, excluded)
+        fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
 
 
