@@ -53,6 +53,9 @@ def cmd_calibrate(a) -> int:
 
         rep = calibrate_dir(a.src, a.dst, a.index, model, config=cfg)
     print(summary(rep, a.dst))
+    if rep.get("files") == 0:
+        print(f"frerec calibrate: no supported image found under {a.src} (formats: "
+              "PNG, JPEG, TIFF, DICOM, NIfTI; hidden files are skipped)", file=sys.stderr)
     for path, why in (rep.get("excluded") or {}).items():
         print(f"  left out {path}: {why}", file=sys.stderr)
     for path, err in rep["errors"].items():

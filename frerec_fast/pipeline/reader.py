@@ -48,6 +48,9 @@ def _read_one(src: Path, rel: str, is_done: Callable[[str, str], bool]) -> Read:
         if is_done(rel, digest):
             return Read(rel, digest, None, time.perf_counter() - t0, done=True)
         return Read(rel, digest, fio.read_images(src, rel), time.perf_counter() - t0)
+    except FileNotFoundError:
+        return Read(rel, None, None, time.perf_counter() - t0,
+                    error=f"{src / rel}: file not found (removed or renamed after the scan?)")
     except (fio.ImageReadError, ImportError, OSError) as e:
         return Read(rel, None, None, time.perf_counter() - t0, error=str(e))
     except Exception as e:  # a decoder's own error type: still this file's problem only

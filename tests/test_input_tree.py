@@ -1,5 +1,6 @@
-"""Symbolic links in an untrusted input tree: links leading outside ``src`` are skipped
-and reported unless the user asks to follow them (real links on disk, real runs)."""
+"""Untrusted input trees: symbolic links leading outside ``src`` are skipped and
+reported unless the user asks to follow them; files that vanish after the scan fail
+alone; an empty or junk-only ``src`` is a clean, explained run (real files, real runs)."""
 import json
 import os
 import subprocess
@@ -97,3 +98,31 @@ def test_cli_reports_what_it_left_out(tree, index, tmp_path):
     assert "3 written" in proc.stdout and "5 left out" in proc.stdout
     assert any(ln.strip().startswith("left out out.png:") and "outside" in ln
                for ln in proc.stderr.splitlines())
+
+
+def test_a_file_gone_after_the_scan_fails_alone_with_its_name(index, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in pngs(2):
+        (src / p.name).write_bytes(p.read_bytes())
+    rels = fio.scan_images(src)
+    (src / rels[0]).unlink()  # vanishes between the scan and the read
+    rep = calibrate_dir(src, tmp_path / "dst", index=index, model=False, device="cpu", k=8,
+                        progress=False, files=rels)
+    assert rep["ok"] == 1 and rep["failed"] == 1
+    assert "file not found" in rep["errors"][rels[0]] and rels[0] in rep["errors"][rels[0]]
+
+
+def test_empty_src_is_a_clean_run_and_the_cli_says_so(index, tmp_path):
+    src = tmp_path / "src"
+    (src / ".hidden").mkdir(parents=True)
+    (src / ".DS_Store").write_bytes(b"\0")
+    (src / "Thumbs.db").write_bytes(b"\0")
+    (src / "notes.txt").write_text("x")
+    rep = calibrate_dir(src, tmp_path / "dst", index=index, model=False, device="cpu",
+                        progress=False)
+    assert (rep["ok"], rep["failed"], rep["files"], rep["excluded"]) == (0, 0, 0, {})
+    proc = subprocess.run([sys.executable, "-m", "frerec_fast.cli", "shr", str(src),
+                           str(tmp_path / "dst2"), "--index", str(index.path), "--device", "cpu",
+                           "-q"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "no supported image found" in proc.stderr
