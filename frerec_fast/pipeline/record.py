@@ -152,7 +152,7 @@ class Manifest:
                     self.entries.setdefault(e["path"], []).append(e)
                 except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
                     continue
-        self._fh = open(path, "a")
+        self._fh = open(path, "ab", buffering=0)  # unbuffered: nothing left to flush on error
 
     def done(self, rel: str, digest: str, dst: Path, run: str | None = None) -> bool:
         """True if ``rel`` was written with this input hash by a run of the same
@@ -164,10 +164,18 @@ class Manifest:
                    for e in self.entries.get(rel, ()))
 
     def append(self, entry: dict) -> None:
+        """Write one line and fsync it. A failed write (disk full, a file size limit)
+        ends the run with a message saying that what is recorded is kept: a torn line
+        is dropped when the manifest is next opened, and resume goes on from there."""
         self.entries.setdefault(entry["path"], []).append(entry)
-        self._fh.write(json.dumps(entry) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        try:
+            self._fh.write((json.dumps(entry) + "\n").encode())
+            os.fsync(self._fh.fileno())
+        except OSError as e:
+            raise OSError(e.errno, f"{self.path}: cannot append to the manifest "
+                          f"({e.strerror}): the disk is full or a file size limit was "
+                          "reached. Every file recorded before this one is kept; free "
+                          "space and rerun the same command to resume") from e
 
     def close(self) -> None:
         self._fh.close()
