@@ -23,14 +23,8 @@ from pathlib import Path
 import torch
 
 import frerec_fast as ff
-from frerec_fast import io as fio
-from frerec_fast.eval import profile_dir, quality_dirs
+from frerec_fast.eval import image_size, profile_dir, quality_dirs
 from frerec_fast.pipeline import calibrate_dir
-
-
-def _size(root: Path) -> tuple[int, int]:
-    rel = fio.scan_images(root)[0]
-    return tuple(fio.read_images(root, rel)[0].pixels.shape[-2:])
 
 
 def _gap(a: Path, b: Path, size, ratio: float) -> dict:
@@ -57,7 +51,7 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
                 raise RuntimeError(f"{name}/{split}: {rep['failed']} failed: {rep['errors']}")
     calibrate_dir(real_test, out / "rhm_only" / "real", **run, model=model, shr=False,
                   calibrate_real=True)
-    size_real, size_syn = _size(real_test), _size(synthetic)
+    size_real, size_syn = image_size(real_test), image_size(synthetic)
     size = (min(size_real[0], size_syn[0]), min(size_real[1], size_syn[1]))
     res = {"k": k, "index_images": len(index), "size_compared": list(size),
            "real_test": str(real_test), "synthetic": str(synthetic), "model": str(model),

@@ -167,11 +167,16 @@ def test_afa_adds_one_conjugate_frequency_pair(hw, c):
             assert (u1, v1) != (0, 0)  # never the mean
 
 
-def test_autoaugment_and_mixup_wrappers():
+@pytest.fixture
+def needs_torchvision():
     try:
         torchvision("the test")
     except ImportError as e:
         pytest.skip(str(e))
+
+
+@pytest.mark.usefixtures("needs_torchvision")
+def test_autoaugment_and_mixup_wrappers():
     x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     a = autoaugment(x, torch.Generator().manual_seed(1))
     assert a.shape == x.shape and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
@@ -208,11 +213,8 @@ def test_split_80_20():
     assert np.array_equal(split_80_20(23, 0)[1], ho)
 
 
+@pytest.mark.usefixtures("needs_torchvision")
 def test_resnet18_backbone_takes_the_image_channels():
-    try:
-        torchvision("the test")
-    except ImportError as e:
-        pytest.skip(str(e))
     x = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     m = train_classifier(x, torch.tensor([0, 1, 0, 1]), 2, backbone="resnet18", steps=1, batch_size=4)
     assert m.net.conv1.in_channels == 1 and predict_proba(m, x).shape == (4, 2)

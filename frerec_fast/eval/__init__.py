@@ -1,5 +1,5 @@
 """Diagnostics: spectral profiles of image sets and the frequency gap (SPEC 8)."""
-from .quality import quality_dirs
+from .quality import image_size, quality_dirs
 from .spectrum import DirProfile, load_dir, profile_dir, plot_profiles
 
-__all__ = ["DirProfile", "load_dir", "profile_dir", "plot_profiles", "quality_dirs"]
+__all__ = ["DirProfile", "load_dir", "profile_dir", "plot_profiles", "quality_dirs", "image_size"]

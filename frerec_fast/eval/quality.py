@@ -18,7 +18,7 @@ def quality_dirs(inputs: str | os.PathLike, outputs: str | os.PathLike,
 
     Both directories must hold the same images (as ``calibrate_dir`` writes them).
     """
-    a, ka = load_dir(inputs, _size_of(inputs), limit)
+    a, ka = load_dir(inputs, image_size(inputs), limit)
     b, kb = load_dir(outputs, tuple(a.shape[-2:]), limit)
     if ka != kb:
         missing = sorted(set(ka) ^ set(kb))
@@ -30,7 +30,8 @@ def quality_dirs(inputs: str | os.PathLike, outputs: str | os.PathLike,
             "ssim": float(ssim(b, a).mean())}
 
 
-def _size_of(root) -> tuple[int, int]:
+def image_size(root) -> tuple[int, int]:
+    """(H, W) of the first image under ``root`` (sorted order)."""
     from .. import io as fio
 
     rels = fio.scan_images(root)

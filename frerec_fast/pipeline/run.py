@@ -81,8 +81,6 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     Returns the run report (also written to ``dst/frerec_report.json``): ``ok``,
     ``failed``, ``skipped``, ``errors`` {path: reason}, timings and gaps.
     """
-    from ..allocator import tune
-    tune()  # glibc: page faults otherwise cost more than the RHM's arithmetic (allocator.py)
     t_start = time.perf_counter()
     cfg = make_config(config, **settings)
     src, dst = check_dirs(src, dst)
@@ -90,8 +88,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     dst.mkdir(parents=True, exist_ok=True)
     with RunLock(dst):  # before prepare_dst: it deletes temp files a running job may own
         prepare_dst(dst, cfg.resume)
-        rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
-        report = execute(run, rels, dst / MANIFEST, t_start, excluded)
+        report = execute(run, dst / MANIFEST, t_start)
         fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
 
@@ -104,9 +101,7 @@ def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) ->
     src, dst = check_dirs(src, dst)
     run = plan(src, dst, index, model, cfg)
     dst.mkdir(parents=True, exist_ok=True)
-    rels, excluded = input_files(src, cfg.files, cfg.follow_symlinks)
-    return execute(run, rels, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start,
-                   excluded)
+    return execute(run, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
 
 
 @dataclass
@@ -125,6 +120,8 @@ class Run:
 def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
     """Load the index and model, resolve device, backends, K and micro-batch, and the
     fingerprint of everything that can change an output's bytes."""
+    from ..allocator import tune
+    tune()  # glibc: page faults otherwise cost more than the RHM's arithmetic (allocator.py)
     if index is None:
         raise ValueError("an index is required: build one with frerec_fast.build_index "
                          "(CLI: frerec index REAL_DIR OUT)")
@@ -219,11 +216,11 @@ def _engine(net, cfg: CalibrateConfig, index: RealIndex, dev: torch.device):
     return run_rhm
 
 
-def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float,
-            excluded: dict | None = None) -> dict:
-    """Read, calibrate and write ``rels``, recording each file in the manifest;
-    ``excluded`` (paths the scan left out, with why) goes into the report."""
+def execute(run: Run, manifest_path: Path, t_start: float) -> dict:
+    """Read, calibrate and write the run's files, recording each in the manifest; what
+    the scan left out (symbolic links, with why) goes into the report."""
     cfg, c = run.cfg, run.compute
+    rels, excluded = input_files(run.src, cfg.files, cfg.follow_symlinks)
     manifest = Manifest(manifest_path)
     record = RunRecord(manifest, run.src, cfg.seed, run.run_id, len(rels), cfg.progress)
     stages = Stages()
@@ -268,7 +265,7 @@ def execute(run: Run, rels: list[str], manifest_path: Path, t_start: float,
     finally:
         record.close()
     report = _report(run, record, stages, calib, len(rels), time.perf_counter() - t_start)
-    report["excluded"] = dict(excluded or {})
+    report["excluded"] = excluded
     return report
 
 
