@@ -94,18 +94,20 @@ setup(
     packages=sorted(set(find_packages(include=["frerec_fast", "frerec_fast.*"]) + DATA_PACKAGES))
     + ["frerec_fast.kernels", "frerec_fast._cuda_src"],
     package_dir={"frerec_fast.kernels": "kernels"},
-    package_data={"frerec_fast._cuda_src": ["*.cu"],
+    package_data={"frerec_fast._cuda_src": ["*.cu"], "frerec_fast.engine": ["*.json"],
                   **{p: ["*.png", "*.csv", "*.json", "*.safetensors", "*.md"] for p in DATA_PACKAGES}},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy", "Pillow", "safetensors"],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11",
-                "scikit-learn"],
+                "scikit-learn", "hypothesis", "atheris"],
         "medical": ["pydicom", "nibabel"],
         "progress": ["tqdm"],
         "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
+        # The OpenVINO RHM engine (CPU inference); NNCF only for its optional int8 mode.
+        "openvino": ["openvino"],
         "triton": ["triton"],
         "ray": ["ray"],
         # frerec eval; torchvision (AutoAugment, Mix-up, resnet18) is left out on purpose:

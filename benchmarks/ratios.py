@@ -25,15 +25,18 @@ def rows_from(benchmarks: list[dict]) -> list[tuple]:
             med = b["stats"]["median"]
             ratio = ref["stats"]["median"] / med if ref else float("nan")
             per_s = b.get("extra_info", {}).get("items", 0) / med if med else float("nan")
-            rows.append((group, backend, med * 1e3, per_s, ratio))
+            rows.append((group, backend, med * 1e3, per_s, ratio,
+                         b.get("extra_info", {}).get("psnr_vs_eager_fp32_db")))
     return rows
 
 
 def format_table(rows: list[tuple], device: str = "") -> str:
-    head = f"{'group':<34}{'backend':<12}{'median ms':>12}{'items/s':>14}{'x torch':>10}"
+    head = (f"{'group':<34}{'backend':<12}{'median ms':>12}{'items/s':>14}{'x torch':>10}"
+            f"{'PSNR dB':>9}")
     lines = [f"speed-up vs naive torch{(' on ' + device) if device else ''}", head, "-" * len(head)]
-    for g, b, ms, per_s, r in rows:
-        lines.append(f"{g:<34}{b:<12}{ms:>12.3f}{per_s:>14.0f}{r:>10.2f}")
+    for g, b, ms, per_s, r, db in rows:
+        q = "" if db is None else f"{db:>9.1f}"
+        lines.append(f"{g:<34}{b:<12}{ms:>12.3f}{per_s:>14.0f}{r:>10.2f}{q}")
     return "\n".join(lines)
 
 

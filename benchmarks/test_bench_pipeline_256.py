@@ -76,11 +76,11 @@ def _group(dev, name):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_rhm_engine_rate(benchmark, setup256, precision):
-    from frerec_fast.engine import build_engine
+    from frerec_fast.engine import RHMEngine
 
     dev, name, model, _, _, n = setup256
     micro = MODEL_BATCH.get(dev.type, 8)
-    net = build_engine(model, "torch", (SIZE, SIZE), dev, precision=precision)
+    net = RHMEngine(model, "eager", precision, dev, micro_batch=micro)
     x = torch.rand(micro, 1, SIZE, SIZE, device=dev)
     steps = -(-n // micro)
 

@@ -9,7 +9,7 @@ from .ssim import ssim
 __version__ = "0.1.0"
 
 # Heavier entry points load on first use, so `import frerec_fast` stays quick for the ops.
-_LAZY = {"calibrate_dir": ".pipeline", "CalibrateConfig": ".pipeline", "train_rhm": ".training", "load_rhm": ".model",
+_LAZY = {"calibrate_dir": ".pipeline", "CalibrateConfig": ".pipeline", "train_rhm": ".training", "load_rhm": ".engine",
          "RHM": ".model", "RHMConfig": ".model", "evaluate": ".evaluation"}
 
 

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .engine.names import ALIASES, ENGINES, PRECISIONS
+
 
 def _size(s: str):
     if s.lower() == "none":
@@ -228,10 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--backend", default="auto")
     s.add_argument("--device", default="cpu", help="cpu (default) | cuda | auto")
-    s.add_argument("--engine", choices=("torch", "onnxruntime"), default="torch",
-                   help="how the RHM runs (onnxruntime: about 3x faster on CPU)")
-    s.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="RHM arithmetic of the torch engine (bf16: the fast path on GPUs)")
+    s.add_argument("--engine", choices=ENGINES + tuple(ALIASES), default="auto",
+                   help="how the RHM runs (default auto: the fastest installed for the device; "
+                   "see frerec calibrate --help)")
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the RHM's arithmetic (bf16: CPUs with bf16 units, GPUs)")
     s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("eval", help="evaluate FreRec on a dataset: gaps, quality, features, "

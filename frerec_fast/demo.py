@@ -25,7 +25,7 @@ def _shipped_model():
 
 
 def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
-             device: str = "cpu", engine: str = "torch", precision: str = "fp32") -> int:
+             device: str = "cpu", engine: str = "auto", precision: str = "fp32") -> int:
     """Run the demo into ``out``; prints a short report and returns an exit code."""
     from .datasets import real_dir, synthetic_dir
 
@@ -59,7 +59,7 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
         runs["frerec"] = rep
         runs["frerec_real"] = calibrate_dir(heldout, out / "frerec_real", **fr,
                                             **{**common, "calibrate_real": True})
-        print(f"[3/4] FreRec (SHR + shipped RHM, {engine}, {precision}) on {rep['ok']} images: "
+        print(f"[3/4] FreRec (SHR + shipped RHM, {rep['engine']}, {precision}) on {rep['ok']} images: "
               f"{rep['images_per_s']:.1f} img/s, {rep['failed']} failed -> {out / 'frerec'} "
               f"(and the held-out real slices -> {out / 'frerec_real'})")
     else:

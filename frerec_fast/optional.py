@@ -6,7 +6,7 @@ import importlib
 _HINTS = {"pydicom": "pip install pydicom", "nibabel": "pip install nibabel",
           "onnxruntime": "pip install onnxruntime", "onnx": "pip install onnx",
           "cupy": "pip install cupy-cuda12x (or cupy-cuda13x)", "ray": "pip install 'ray[default]'",
-          "tensorrt": "pip install tensorrt", "triton": "pip install triton",
+          "tensorrt": "pip install tensorrt-cu13 (needs a CUDA GPU)", "triton": "pip install triton",
           "tqdm": "pip install tqdm"}
 
 

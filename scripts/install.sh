@@ -26,7 +26,7 @@ stamp="$VENV/.frerec_build_stamp"
 want=$(cat setup.py pyproject.toml csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu 2>/dev/null | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c "import frerec_fast._C" 2>/dev/null; then
   echo "[install] building frerec_fast (C++ extension, about a minute)"
-  $PIP install -q --no-build-isolation -e ".[dev,medical,progress,plot,onnx,triton,ray,eval]"
+  $PIP install -q --no-build-isolation -e ".[dev,medical,progress,plot,onnx,openvino,triton,ray,eval]"
   echo "$want" > "$stamp"
 else
   echo "[install] frerec_fast is up to date in $VENV"

@@ -429,7 +429,8 @@ def test_compute_failure_fails_only_that_micro_batch(work, tmp_path, how):
     src = tmp_path / "src"
     rels = copy_synth(src, 12)
     rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(2, how),
-                        device="cpu", k=8, batch_size=4, model_batch=4, progress=False)
+                        engine="eager", device="cpu", k=8, batch_size=4, model_batch=4,
+                        progress=False)
     # Micro-batch 2 holds files 5-8 in scan order: exactly those fail, with the reason.
     assert rep["failed"] == 4 and rep["ok"] == 8, rep["errors"]
     reason = {"error": "simulated failure", "oom": "smaller --model-batch",
@@ -464,14 +465,14 @@ def test_backend_is_part_of_the_resume_fingerprint(work, tmp_path):
     src = tmp_path / "src"
     copy_synth(src, 4)
     a = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
-                      backend="torch", progress=False)
+                      engine="eager", backend="torch", progress=False)
     assert a["backends"]["shr"] == "torch" and a["backends"]["ring_pool_amplitude"] == "torch"
     b = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
-                      backend="auto", progress=False)
+                      engine="eager", backend="auto", progress=False)
     if b["backends"] != a["backends"]:  # another backend really ran: everything is redone
         assert b["skipped"] == 0 and b["ok"] == 4
     c = calibrate_dir(src, tmp_path / "o", work / "idx", model=tiny_model(), device="cpu", k=8,
-                      backend="auto", progress=False)
+                      engine="eager", backend="auto", progress=False)
     assert c["skipped"] == 4
 
 

@@ -24,6 +24,9 @@ class OnnxRHM:
         # Fixed thread count: reductions split by thread count would change the bytes.
         opts.intra_op_num_threads = int(threads or torch.get_num_threads())
         opts.inter_op_num_threads = 1
+        # Idle pool threads would otherwise spin for the next call, taking the cores the
+        # decode and encode threads of a run need between two micro-batches.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ValueError("engine='onnxruntime' on CUDA needs onnxruntime-gpu "

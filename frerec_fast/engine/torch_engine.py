@@ -1,21 +1,14 @@
-"""The torch RHM engine at reduced precision: the module run under autocast."""
+"""The eager engine at reduced precision: the RHM module run under autocast."""
 from __future__ import annotations
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def check_precision(precision: str, device: torch.device) -> None:
-    """Raise ValueError when ``precision`` is unknown or unusable on ``device``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on CPU")
-    if precision == "bf16" and device.type == "cuda" \
-            and torch.cuda.get_device_capability(device)[0] < 8:  # bf16 tensor cores: Ampere+
-        raise ValueError(f"{torch.cuda.get_device_name(device)} has no bf16; use 'fp16' or 'fp32'")
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` (None: fp32, no autocast)."""
+    return _DTYPES.get(precision)
 
 
 class AutocastRHM:

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass, field, fields, replace
 from typing import Sequence
 
-from ..engine.build import check_engine_settings
+from ..engine.names import ALIASES, ENGINES, PRECISIONS, check_engine_settings
 
 RETRIEVALS = ("exact", "prefilter")
 
@@ -42,12 +42,13 @@ class CalibrateConfig:
     files: tuple[str, ...] | None = _opt(None, "a text file listing the paths under SRC to "
                                          "calibrate, one per line (default: every image)",
                                          ("--files-from",), metavar="LIST")
-    engine: str = _opt("torch", "how the RHM runs: torch (default, the reference) or "
-                       "onnxruntime (exported once; about 3x faster on CPU)",
-                       choices=("torch", "onnxruntime"))
-    precision: str = _opt("fp32", "the torch engine's RHM arithmetic: fp32 (default), bf16 "
-                          "(autocast; the fast path on GPUs), fp16 (CUDA only)",
-                          choices=("fp32", "bf16", "fp16"))
+    engine: str = _opt("auto", "how the RHM runs: auto (default: the fastest installed for "
+                       "the device), eager (the module, the reference; alias torch), compile "
+                       "(torch.compile), onnxruntime, openvino (CPU), tensorrt (CUDA)",
+                       choices=ENGINES + tuple(ALIASES))
+    precision: str = _opt("fp32", "the RHM's arithmetic: fp32 (default), bf16 (eager, "
+                          "compile, openvino on CPUs with bf16, CUDA), fp16 (CUDA)",
+                          choices=PRECISIONS)
     retrieval: str = _opt("exact", "exact SSIM against the whole index (default), or "
                           "prefilter: a short-list by embedding correlation re-ranked by "
                           "exact SSIM, for large indexes (its recall is measured and "

@@ -56,12 +56,16 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     workers: decode threads, and encode threads (at least 2); a 256x256 16-bit PNG
     costs about 5 ms to encode, so a fast GPU needs several (the manifest keeps the
     input order whatever the thread count).
-    engine: how the RHM runs: "torch" (the module, default) or "onnxruntime" (exported
-    once to ONNX at the working size; about 3x faster on CPU; outputs agree with torch
-    to float tolerance, not bit for bit). See ``frerec_fast.engine``.
-    precision: the torch engine's arithmetic: "fp32" (default), "bf16" (CPU or CUDA) or
-    "fp16" (CUDA), the RHM under autocast; the fast setting on tensor-core GPUs. Outputs
-    differ from fp32 by the reduced rounding, reproducibly.
+    engine: how the RHM runs: "auto" (default: the fastest engine installed for the
+    device; OpenVINO on CPU when installed, else onnxruntime, else eager), "eager" (the
+    module itself, the reference; "torch" is an alias), "compile" (torch.compile, a
+    minute or more of compilation first), "onnxruntime", "openvino" (CPU) or "tensorrt"
+    (CUDA). Engines other than eager fp32 agree with it to float tolerance, not bit for
+    bit; the engine that ran is in the report and the fingerprint. See
+    ``frerec_fast.engine`` and docs/engines.md.
+    precision: the RHM's arithmetic: "fp32" (default), "bf16" (eager, compile, openvino
+    on CPUs with bf16 units, CUDA) or "fp16" (CUDA). Outputs differ from fp32 by the
+    reduced rounding, reproducibly.
     retrieval: "exact" (default: SSIM against every index image) or "prefilter"
     (``candidates`` per tile short-listed by embedding correlation, default
     max(4k, 1024), then exact SSIM; see ``frerec_fast.prefilter``): for large indexes.
@@ -115,6 +119,8 @@ class Run:
     used: dict                # op -> backend actually used
     recall: dict              # retrieval mode, candidates; the recall check adds to it
     run_id: str               # the resume fingerprint
+    engine: str | None        # the RHM engine that runs ("auto" resolved); None: no RHM
+    precision: str | None
 
 
 def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
@@ -127,7 +133,7 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
                          "(CLI: frerec index REAL_DIR OUT)")
     dev = resolve_device(cfg.device)
     index = index if isinstance(index, RealIndex) else RealIndex.load(index)
-    net = _load_model(model, dev)
+    net, engine, precision = _load_model(model, dev, cfg)
     if not cfg.shr and net is None:
         raise ValueError("shr=False with model=False leaves nothing to compute: pass a model "
                          "(RHM without SHR) or keep shr=True")
@@ -136,10 +142,10 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
         raise ValueError(f"the model takes {mc} channel(s) but the index has "
                          f"{index.config.channels}")
     if net is not None:
-        from ..engine import check_precision
-        check_precision(cfg.precision, dev)
+        from ..engine import check_engine_device
+        engine = check_engine_device(engine, precision, dev)  # "auto" resolved
     kk = clamp_k(cfg.k, len(index), cfg.calibrate_real)  # a bad k fails before dst is touched
-    used, search_backend, recall = _backends(cfg, dev, index, net, kk)
+    used, search_backend, recall = _backends(cfg, dev, index, net, kk, engine)
     micro = int(cfg.model_batch or MODEL_BATCH.get(dev.type, 8))
     rhm = net is not None
     # Everything that can change an output's bytes: the settings, the data, the code and
@@ -147,34 +153,47 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
     run_id = run_fingerprint(
         seed=cfg.seed, k=cfg.k, calibrate_real=cfg.calibrate_real, overlap=cfg.overlap,
         model_batch=micro, index=index_digest(index), model=model_digest(net),
-        engine=cfg.engine if rhm else None, precision=cfg.precision if rhm else None,
+        engine=engine if rhm else None, precision=precision if rhm else None,
         retrieval=cfg.retrieval, candidates=recall.get("candidates"),
         **({} if cfg.shr else {"shr": False}), device=dev.type, backends=used,
         threads=torch.get_num_threads() if dev.type == "cpu" else None,
         torch=torch.__version__, frerec_fast=__version__)
-    compute = Compute(index=index, net=_engine(net, cfg, index, dev), device=dev, micro=micro,
+    if net is not None:
+        from ..engine import RHMEngine
+        net = RHMEngine(net, engine, precision, dev, micro_batch=micro, ring_backend=cfg.backend)
+        net.runner(*index.config.work_size)  # export / compile now: a failure ends the plan
+    compute = Compute(index=index, net=net, device=dev, micro=micro,
                       k=cfg.k, seed=cfg.seed, backend=cfg.backend,
                       search_backend=search_backend, retrieval=cfg.retrieval,
                       candidates=recall.get("candidates"), calibrate_real=cfg.calibrate_real,
                       shr=cfg.shr)
     return Run(src, dst, cfg, compute, micro * -(-cfg.batch_size // micro), used, recall,
-               run_id)
+               run_id, engine if rhm else None, precision if rhm else None)
 
 
-def _load_model(model, device: torch.device):
+def _load_model(model, device: torch.device, cfg: CalibrateConfig):
+    """(the RHM module or None, engine, precision). An ``RHMEngine`` passed in brings
+    its engine and precision unless the run names others."""
+    from ..engine import RHMEngine, canonical
+    engine, precision = canonical(cfg.engine), cfg.precision
     if model is False:
-        return None
+        return None, engine, precision
+    if isinstance(model, RHMEngine):
+        if engine == "auto" and precision == "fp32":
+            engine, precision = model.engine, model.precision
+        model = model.module
     if isinstance(model, torch.nn.Module):
-        return model.to(device).eval()
+        return model.to(device).eval(), engine, precision
     from ..model import load_rhm
 
     if model is None:
         from ..training.default import default_model_path
         model = default_model_path()
-    return load_rhm(model, device=device)
+    return load_rhm(model, device=device), engine, precision
 
 
-def _backends(cfg: CalibrateConfig, dev: torch.device, index: RealIndex, net, kk: int):
+def _backends(cfg: CalibrateConfig, dev: torch.device, index: RealIndex, net, kk: int,
+              engine: str):
     """(op -> backend used, retrieval's backend, the retrieval block of the report)."""
     used = {op: backends.resolve_name(op, cfg.backend, dev) for op in ("ssim_topk", "shr")}
     recall = {"mode": cfg.retrieval}
@@ -190,30 +209,11 @@ def _backends(cfg: CalibrateConfig, dev: torch.device, index: RealIndex, net, kk
         except backends.BackendUnavailable:
             search_backend = "auto"
             used["ssim_pairs"] = backends.resolve_name("ssim_pairs", "auto", dev)
-    if net is not None and cfg.engine == "torch" and hasattr(net, "modules") \
+    if net is not None and engine == "eager" and hasattr(net, "modules") \
             and any(hasattr(m, "n_rings") for m in net.modules()):
         for op in ("ring_pool_amplitude", "ring_scatter"):
             used[op] = backends.resolve_name(op, cfg.backend, dev)
     return used, search_backend, recall
-
-
-def _engine(net, cfg: CalibrateConfig, index: RealIndex, dev: torch.device):
-    """The callable the calibrator runs: the module (with the run's ring-pooling backend
-    set for its calls only), or the engine built from it."""
-    if net is None:
-        return None
-    if cfg.engine != "torch" or cfg.precision != "fp32":
-        from ..engine import build_engine
-        net = build_engine(net, cfg.engine, tuple(index.config.work_size), dev,
-                           precision=cfg.precision)
-    if cfg.engine != "torch":
-        return net
-    from ..model.fesa import ring_backend
-
-    def run_rhm(x: torch.Tensor, _net=net) -> torch.Tensor:
-        with ring_backend(cfg.backend):
-            return _net(x)
-    return run_rhm
 
 
 def execute(run: Run, manifest_path: Path, t_start: float) -> dict:
@@ -269,6 +269,12 @@ def execute(run: Run, manifest_path: Path, t_start: float) -> dict:
     return report
 
 
+def _build_seconds(net) -> float | None:
+    """Seconds the run spent building its RHM engine (export, compilation)."""
+    times = getattr(net, "build_seconds", None)
+    return round(sum(times.values()), 3) if times else None
+
+
 def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_files: int,
             seconds: float) -> dict:
     cfg, c = run.cfg, run.compute
@@ -279,7 +285,8 @@ def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_fi
         "stage_seconds": vars(stages), "device": str(c.device),
         "device_name": torch.cuda.get_device_name(c.device) if c.device.type == "cuda" else "cpu",
         "backends": run.used, "rhm": rhm, "shr": cfg.shr,
-        "engine": cfg.engine if rhm else None, "precision": cfg.precision if rhm else None,
+        "engine": run.engine, "precision": run.precision,
+        "engine_build_seconds": _build_seconds(c.net),
         "retrieval": run.recall, "k": cfg.k, "seed": cfg.seed,
         "batch_size": cfg.batch_size, "model_batch": c.micro, "run": run.run_id,
         "index": str(c.index.path) if c.index.path else None,

@@ -1,0 +1,109 @@
+"""Engine and precision names, which engine runs which precision on which device, and
+what "auto" picks.
+
+"auto" takes the first engine of its device's order that is installed (order and the
+measurements behind it: docs/engines.md):
+  CPU:  openvino, onnxruntime, eager   (2 cores, shipped model, micro-batch 8: OpenVINO
+        fastest at 64x64 and 256x256; "compile" is fast too but costs a minute or more of
+        compilation per input size, so it is asked for by name, never picked)
+  CUDA: tensorrt, eager                (no GPU run here has measured compile or the
+        onnxruntime CUDA provider against eager yet, so auto does not pick them)
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+ENGINES = ("auto", "eager", "compile", "onnxruntime", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "bf16", "fp16")
+# Earlier releases called the eager engine "torch": still accepted.
+ALIASES = {"torch": "eager"}
+# Precisions each engine can run, per device type.
+SUPPORTED = {
+    "eager": {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")},
+    "compile": {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")},
+    "onnxruntime": {"cpu": ("fp32",), "cuda": ("fp32",)},
+    "openvino": {"cpu": ("fp32", "bf16")},
+    "tensorrt": {"cuda": ("fp32", "fp16", "bf16")},
+}
+AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "eager"), "cuda": ("tensorrt", "eager")}
+# The Python module each engine needs, and what to install for it.
+_NEEDS = {"compile": None, "eager": None, "onnxruntime": ("onnxruntime", "pip install onnxruntime "
+                                                          "(onnxruntime-gpu for CUDA)"),
+          "openvino": ("openvino", "pip install openvino"),
+          "tensorrt": ("tensorrt", "pip install tensorrt-cu13 (needs a CUDA GPU)")}
+
+
+def canonical(engine: str) -> str:
+    """The engine's canonical name ("torch" -> "eager"); unknown names are refused."""
+    engine = ALIASES.get(engine, engine)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {ENGINES}")
+    return engine
+
+
+def check_engine_settings(engine: str, precision: str) -> None:
+    """Refuse an unknown engine or precision, or a pair no device can run (the device
+    checks come with ``check_engine_device``)."""
+    engine = canonical(engine)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}")
+    if engine != "auto" and not any(precision in p for p in SUPPORTED[engine].values()):
+        able = sorted(e for e, d in SUPPORTED.items() if any(precision in p for p in d.values()))
+        raise ValueError(f"engine {engine!r} does not run precision={precision!r}; engines "
+                         f"that do: {', '.join(able)}")
+
+
+def installed(engine: str) -> bool:
+    """Whether the package ``engine`` needs can be imported here."""
+    need = _NEEDS.get(engine)
+    if need is None:
+        return True
+    try:
+        return importlib.util.find_spec(need[0]) is not None
+    except (ImportError, ValueError):  # a module blocked in sys.modules, a broken install
+        return False
+
+
+def check_engine_device(engine: str, precision: str, device: torch.device) -> str:
+    """The engine that will run (``auto`` resolved) for ``precision`` on ``device``, or a
+    ValueError / ImportError naming the fix."""
+    check_engine_settings(engine, precision)
+    engine, dev = canonical(engine), torch.device(device)
+    if engine == "auto":
+        engine = _auto(precision, dev)
+    devices = SUPPORTED[engine]
+    if dev.type not in devices:
+        raise ValueError(f"engine {engine!r} runs on {' or '.join(devices)} only, not "
+                         f"{dev.type}; on {dev.type} use one of "
+                         f"{', '.join(e for e, d in SUPPORTED.items() if dev.type in d)}")
+    if precision not in devices[dev.type]:
+        raise ValueError(f"engine {engine!r} on {dev.type} runs {', '.join(devices[dev.type])}, "
+                         f"not precision={precision!r}")
+    if precision == "bf16" and dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] < 8:
+        raise ValueError(f"{torch.cuda.get_device_name(dev)} has no bf16; use 'fp16' or 'fp32'")
+    if not installed(engine):
+        mod, hint = _NEEDS[engine]
+        raise ImportError(f"engine {engine!r} needs the Python package {mod!r}, which is not "
+                          f"installed: {hint}")
+    if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
+        raise ValueError("this CPU has no bf16 units (OpenVINO reports no BF16 capability); "
+                         "use precision='fp32'")
+    return engine
+
+
+def _auto(precision: str, dev: torch.device) -> str:
+    for engine in AUTO_ORDER.get(dev.type, ("eager",)):
+        if not installed(engine) or precision not in SUPPORTED[engine].get(dev.type, ()):
+            continue
+        if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
+            continue
+        return engine
+    return "eager"
+
+
+def openvino_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin reports native bf16 on this machine."""
+    import openvino as ov
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
