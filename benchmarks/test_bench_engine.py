@@ -42,6 +42,14 @@ def _models():
 MODELS = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _allocator():
+    """glibc settings as calibrate_dir and the CLI set them (allocator.tune), so that
+    eager is measured as a run executes it (page faults halve its speed otherwise)."""
+    from frerec_fast.allocator import tune
+    tune()
+
+
 def model(name):
     if not MODELS:
         MODELS.update(_models())

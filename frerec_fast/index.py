@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -28,7 +30,8 @@ from . import io as fio
 from .channels import to_channels
 from .ops import band_stats, ssim_topk
 from .progress import bar as progress_bar
-from .spectral import luma
+from .spectral import DOMAINS, band_is_empty, luma
+from .ssim import WIN
 
 log = logging.getLogger("frerec_fast")
 
@@ -51,22 +54,63 @@ def _pair(size) -> tuple[int, int] | None:
     return (int(h), int(w))
 
 
+def _strict_int(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    return v
+
+
 @dataclass(frozen=True)
 class IndexConfig:
+    """How an index was made. Checked on creation: ratio in [0, 1] with a non-empty
+    high band at the working size, a known domain, sizes of at least 1 pixel (the
+    retrieval size at least SSIM's 11x11 window), 1 or 3 channels."""
     ratio: float = 0.5
     domain: str = "complex"
     work_size: tuple[int, int] = (64, 64)
     retrieval_size: tuple[int, int] = (64, 64)
     channels: int = 1
 
+    def __post_init__(self):
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real) \
+                or not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"ratio must be a number in [0, 1], got {self.ratio!r}")
+        object.__setattr__(self, "ratio", float(self.ratio))  # JSON-able (numpy floats)
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain must be one of {DOMAINS}, got {self.domain!r}")
+        for name, least in (("work_size", 1), ("retrieval_size", WIN)):
+            size = getattr(self, name)
+            if not isinstance(size, tuple) or len(size) != 2 or any(
+                    isinstance(v, bool) or not isinstance(v, int) or v < least for v in size):
+                raise ValueError(f"{name} must be two integers >= {least}, got {size!r}")
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels!r}")
+        if band_is_empty(*self.work_size, self.ratio):
+            raise ValueError(f"the high band of the {self.work_size} working size at ratio "
+                             f"{self.ratio} is empty")
+
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "IndexConfig":
-        return cls(ratio=float(d["ratio"]), domain=str(d["domain"]),
-                   work_size=_pair(d["work_size"]), retrieval_size=_pair(d["retrieval_size"]),
-                   channels=int(d["channels"]))
+        """From ``to_dict``'s form, strictly typed (an index file is untrusted input):
+        ValueError saying which field is missing or wrong."""
+        if not isinstance(d, dict):
+            raise ValueError(f"config must be a JSON object, got {type(d).__name__}")
+        missing = {"ratio", "domain", "work_size", "retrieval_size", "channels"} - set(d)
+        if missing:
+            raise ValueError(f"config lacks {sorted(missing)}")
+        sizes = {}
+        for name in ("work_size", "retrieval_size"):
+            v = d[name]
+            if not isinstance(v, list) or len(v) != 2:
+                raise ValueError(f"{name} must be a list [height, width], got {v!r}")
+            sizes[name] = tuple(_strict_int(name, x) for x in v)
+        if not isinstance(d["domain"], str):
+            raise ValueError(f"domain must be a string, got {d['domain']!r}")
+        return cls(ratio=d["ratio"], domain=d["domain"], channels=_strict_int("channels",
+                   d["channels"]), **sizes)
 
 
 def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -201,6 +245,11 @@ class RealIndex:
 
         mmap=True maps the tensor file (pages load on demand); mmap=False copies it
         into memory. verify=True checks the SHA-256 recorded in index.json.
+
+        Both files are untrusted input: never unpickled (safetensors and JSON only), and
+        every field is checked (types, config ranges, tensor names, dtypes and shapes,
+        finite values, sigma >= 0, thumbnails in [0, 1], unique keys) before use, so a
+        damaged or forged index raises IndexFileError saying what is wrong.
         """
         from safetensors.torch import load_file
 
@@ -211,14 +260,19 @@ class RealIndex:
             if not p.is_file():
                 raise IndexFileError(f"{p}: missing; build an index with `frerec index REAL_DIR OUT`")
         try:
-            meta = json.loads(meta_p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise IndexFileError(f"{meta_p}: not valid JSON ({e}); rebuild the index") from e
+            meta = json.loads(meta_p.read_bytes())
+        except (ValueError, RecursionError) as e:  # bad JSON or UTF-8, nesting too deep
+            raise IndexFileError(f"{meta_p}: not valid JSON ({type(e).__name__}: "
+                                 f"{str(e)[:200]}); rebuild the index") from e
+        if not isinstance(meta, dict):
+            raise IndexFileError(f"{meta_p}: not a frerec_fast index (a JSON "
+                                 f"{type(meta).__name__}, not an object)")
         if meta.get("format") != FORMAT:
             raise IndexFileError(f"{meta_p}: not a frerec_fast index (format {meta.get('format')!r})")
         if meta.get("version") != VERSION:
             raise IndexFileError(f"{meta_p}: index version {meta.get('version')} but this frerec_fast "
                               f"reads version {VERSION}; rebuild it with `frerec index`")
+        n, cfg, keys, hashes, skipped = _check_meta(meta_p, meta)
         if verify:
             digest = fio.file_sha256(tens_p)
             if digest != meta.get("tensors_sha256"):
@@ -227,22 +281,54 @@ class RealIndex:
                                   f"the file is corrupt or was changed; rebuild the index")
         try:
             t = load_file(str(tens_p))
-        except Exception as e:
+        except Exception as e:  # safetensors' own errors: header size, offsets, dtypes
             raise IndexFileError(f"{tens_p}: cannot read tensors ({e}); rebuild the index") from e
+        expect = {"thumbs": ((n, 1, *cfg.retrieval_size), torch.float16),
+                  "mu": ((n, cfg.channels), torch.float32),
+                  "sigma": ((n, cfg.channels), torch.float32)}
+        if set(t) != set(expect):
+            raise IndexFileError(f"{tens_p}: holds tensors {sorted(t)}, expected "
+                                 f"{sorted(expect)}")
+        for name, (shape, dtype) in expect.items():
+            if tuple(t[name].shape) != shape or t[name].dtype != dtype:
+                raise IndexFileError(f"{tens_p}: tensor {name!r} is {t[name].dtype} of shape "
+                                     f"{tuple(t[name].shape)}, expected {dtype} of shape {shape}")
+        for name, lo, hi in (("thumbs", 0.0, 1.0), ("mu", -math.inf, math.inf),
+                             ("sigma", 0.0, math.inf)):
+            least, most = (float(v) for v in torch.aminmax(t[name]))
+            if not (math.isfinite(least) and math.isfinite(most) and lo <= least
+                    and most <= hi):
+                raise IndexFileError(f"{tens_p}: tensor {name!r} holds values from {least} to "
+                                     f"{most}, expected finite values in [{lo}, {hi}]; "
+                                     "rebuild the index")
         if not mmap:
             t = {k: v.clone() for k, v in t.items()}
-        n = int(meta["count"])
-        cfg = IndexConfig.from_dict(meta["config"])
-        expect = {"thumbs": (n, 1, *cfg.retrieval_size), "mu": (n, cfg.channels),
-                  "sigma": (n, cfg.channels)}
-        for name, shape in expect.items():
-            if name not in t or tuple(t[name].shape) != shape:
-                got = tuple(t[name].shape) if name in t else None
-                raise IndexFileError(f"{tens_p}: tensor {name!r} has shape {got}, expected {shape}")
-        if len(meta["keys"]) != n or len(meta["hashes"]) != n:
-            raise IndexFileError(f"{meta_p}: {len(meta['keys'])} keys for {n} images")
-        return cls(cfg, t["thumbs"], t["mu"], t["sigma"], list(meta["keys"]),
-                   list(meta["hashes"]), list(meta.get("skipped", [])), root)
+        return cls(cfg, t["thumbs"], t["mu"], t["sigma"], keys, hashes, skipped, root)
+
+
+def _check_meta(meta_p: Path, meta: dict):
+    """(count, config, keys, hashes, skipped) of an index.json, each checked."""
+    n = meta.get("count")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise IndexFileError(f"{meta_p}: count must be a positive integer, got {n!r}")
+    try:
+        cfg = IndexConfig.from_dict(meta.get("config"))
+    except (ValueError, TypeError) as e:
+        raise IndexFileError(f"{meta_p}: bad config: {e}") from e
+    lists = {}
+    for name in ("keys", "hashes"):
+        v = meta.get(name)
+        if not isinstance(v, list) or len(v) != n or not all(isinstance(x, str) for x in v):
+            what = f"{len(v)} entries" if isinstance(v, list) else repr(type(v).__name__)
+            raise IndexFileError(f"{meta_p}: {name} must be a list of {n} strings (one per "
+                                 f"image), got {what}")
+        lists[name] = list(v)
+    if len(set(lists["keys"])) != n:
+        raise IndexFileError(f"{meta_p}: keys are not unique (one entry per image)")
+    skipped = meta.get("skipped", [])
+    if not isinstance(skipped, list):
+        raise IndexFileError(f"{meta_p}: skipped must be a list, got {type(skipped).__name__}")
+    return n, cfg, lists["keys"], lists["hashes"], skipped
 
 
 def _decode(root: Path, rel: str):

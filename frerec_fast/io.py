@@ -46,6 +46,10 @@ affine and header, values mapped back through that min-max.
 Every decoding problem of a file (including images over Pillow's decompression-bomb
 limit of about 179 Mpx) raises ImageReadError naming the file and the reason; a
 missing optional reader (pydicom, nibabel) raises ImportError with the install hint.
+Files are untrusted: what a header claims is checked before memory is spent on it (a
+NIfTI volume against MAX_VOXELS and the bytes the file really holds, a DICOM frame
+against the pixel limit, a deflated DICOM inflated within it), and anything but a
+regular file (a FIFO, a device) is refused rather than read.
 Outputs are written atomically: temp file beside the target, fsync, rename, then an
 fsync of the directory (best effort) so that the rename itself is durable.
 """
@@ -53,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,13 +136,26 @@ def scan_tree(root: str | os.PathLike,
     Without ``follow_symlinks`` a link (to a file or a folder) whose target lies outside
     ``root`` is not read, nor is a broken or looping one; a link to a folder inside
     ``root`` is not entered (its images are found under their own path). With it, links
-    are followed, folder loops cut. Returns (sorted relative paths, {relative path:
-    why it was left out}).
+    are followed, folder loops cut. Either way a folder that cannot be listed
+    (permissions) and a name that is not a regular file (a FIFO, socket or device node,
+    which would block or never end when read) are left out and reported. Hidden files
+    and folders (names starting with '.', such as ``.DS_Store`` and macOS ``._name``
+    AppleDouble files) and files of unsupported types (``Thumbs.db``) are not images of
+    the tree: skipped silently, as by ``scan_images``. Returns (sorted relative paths,
+    {relative path: why it was left out}).
     """
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
     found, excluded, seen = [], {}, set()
+
+    def unlisted(e: OSError) -> None:
+        where = Path(e.filename) if e.filename else root
+        if where == root:
+            raise OSError(e.errno, f"{root}: cannot list the input directory ({e.strerror})")
+        excluded[where.relative_to(root).as_posix()] = (
+            f"{where}: cannot list this folder ({e.strerror}): its files were not read")
+
     # Folders reachable without links are taken under their own path, whatever order
     # the walk meets a link to them in.
     plain = {Path(dp).resolve() for dp, _, _ in os.walk(root)} if follow_symlinks else set()
@@ -155,7 +173,8 @@ def scan_tree(root: str | os.PathLike,
                     "(its images are taken under their own path)")
         return None
 
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted,
+                                                followlinks=follow_symlinks):
         d = Path(dirpath)
         if follow_symlinks:
             real = d.resolve()
@@ -185,13 +204,26 @@ def scan_tree(root: str | os.PathLike,
                 if why is not None:
                     excluded[rel] = why
                     continue
+            try:
+                regular = stat.S_ISREG(p.stat().st_mode)
+            except OSError:  # gone, or a broken link followed: the read reports it
+                regular = True
+            if not regular:
+                excluded[rel] = f"{p}: not a regular file (a FIFO, socket or device): skipped"
+                continue
             found.append(rel)
     return sorted(found), dict(sorted(excluded.items()))
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a regular file. Anything else (a FIFO, whose open and read would
+    block, or a device such as /dev/zero, which never ends) raises ImageReadError; the
+    check is on the opened descriptor, so a file swapped after a scan cannot slip by."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageReadError(f"{path}: not a regular file (a FIFO, socket or device)")
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
@@ -335,11 +367,57 @@ def _pil_meta(im, fmt: str, out_mode: str) -> dict:
     return meta
 
 
+def _max_pixels() -> int:
+    """Pillow's decompression-bomb limit (about 179 Mpx), applied to every format."""
+    from PIL import Image
+    return int(Image.MAX_IMAGE_PIXELS or 1 << 62)
+
+
+def _inflated_size(data: bytes, limit: int) -> int:
+    """Size of a raw-deflate stream once inflated, counted in bounded chunks and
+    stopping past ``limit`` (a deflate bomb is never held in memory)."""
+    import zlib
+    d, n, buf = zlib.decompressobj(-zlib.MAX_WBITS), 0, data
+    while buf and n <= limit:
+        n += len(d.decompress(buf, 1 << 20))
+        buf = d.unconsumed_tail
+    return n
+
+
+def _dicom_precheck(pydicom, path: Path) -> None:
+    """Refuse, before any pixel is decoded, what would make pydicom allocate far more
+    than the file holds: a deflated dataset that inflates past the pixel limit, more
+    than one frame, more than one sample per pixel, or Rows x Columns over the limit."""
+    limit = _max_pixels()
+    meta = pydicom.filereader.read_file_meta_info(str(path))
+    if str(getattr(meta, "TransferSyntaxUID", "")) == pydicom.uid.DeflatedExplicitVRLittleEndian:
+        # The deflated dataset follows the preamble, "DICM" and the meta group (its
+        # length element is 12 bytes, then the value it gives).
+        start = 128 + 4 + 12 + int(meta.FileMetaInformationGroupLength)
+        if _inflated_size(path.read_bytes()[start:], 4 * limit) > 4 * limit:
+            raise ImageReadError(f"{path}: deflated DICOM inflates past {4 * limit} bytes: too "
+                                 "large to decode safely")
+    head = pydicom.dcmread(str(path), stop_before_pixels=True)
+    frames = int(getattr(head, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(head, "SamplesPerPixel", 1) or 1)
+    rows, cols = int(getattr(head, "Rows", 0) or 0), int(getattr(head, "Columns", 0) or 0)
+    if frames != 1 or samples != 1:
+        raise ImageReadError(f"{path}: DICOM with {frames} frame(s) of {samples} sample(s) per "
+                             "pixel is not one 2-D grayscale frame (multi-frame and colour "
+                             "DICOM are not supported)")
+    if rows * cols > limit:
+        raise ImageReadError(f"{path}: DICOM of {rows}x{cols} pixels: image too large to decode "
+                             f"safely (over {limit} pixels)")
+
+
 def _from_dicom(path: Path, key: str) -> Decoded:
     pydicom = optional_import("pydicom", "reading DICOM files")
     try:
+        _dicom_precheck(pydicom, path)
         ds = pydicom.dcmread(str(path))
         raw = ds.pixel_array
+    except ImageReadError:
+        raise
     except Exception as e:  # pydicom raises many types for broken files
         raise ImageReadError(f"{path}: cannot decode DICOM ({e})") from e
     if raw.ndim != 2:
@@ -359,10 +437,47 @@ def _from_dicom(path: Path, key: str) -> Decoded:
     return Decoded(key, arr[None], "DICOM", bits, {"window": (lo, hi)})
 
 
+# Voxels of one NIfTI volume (2**30: 4 GiB as float32), checked from its header before
+# any data is read.
+MAX_VOXELS = 1 << 30
+
+
+def _nifti_volume(nib, path: Path) -> np.ndarray:
+    """The volume as float32, after checking the header's claim against the limit and
+    against the bytes the file really holds: nibabel allocates the claimed size before
+    reading, so a 1 kB header claiming 3 GB would otherwise take 3 GB (and a gzip bomb
+    all it inflates to)."""
+    img = nib.load(str(path))  # the header only; the data stay on disk
+    n = int(np.prod(img.shape, dtype=np.int64)) if len(img.shape) else 1
+    if n > MAX_VOXELS:
+        raise ImageReadError(f"{path}: NIfTI of shape {img.shape} ({n} voxels) is too large to "
+                             f"decode safely (over {MAX_VOXELS})")
+    offset = int(getattr(img.dataobj, "offset", 0) or 0)
+    need = offset + n * img.get_data_dtype().itemsize
+    if path.name.lower().endswith(".gz"):
+        import gzip
+        chunks, got = [], 0
+        with gzip.open(path, "rb") as fh:  # in chunks, never past what the header needs
+            while got < need and (chunk := fh.read(min(1 << 24, need - got))):
+                chunks.append(chunk)
+                got += len(chunk)
+        data = b"".join(chunks)
+        if len(data) < need:
+            raise ImageReadError(f"{path}: NIfTI data cut short: the header needs {need} bytes, "
+                                 f"the file inflates to {len(data)}")
+        img = type(img).from_bytes(data)
+    elif path.stat().st_size < need:
+        raise ImageReadError(f"{path}: NIfTI data cut short: the header needs {need} bytes, "
+                             f"the file holds {path.stat().st_size}")
+    return np.asarray(img.get_fdata(dtype=np.float32))
+
+
 def _from_nifti(path: Path, rel: str) -> Iterator[Decoded]:
     nib = optional_import("nibabel", "reading NIfTI files")
     try:
-        vol = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        vol = _nifti_volume(nib, path)
+    except ImageReadError:
+        raise
     except Exception as e:
         raise ImageReadError(f"{path}: cannot decode NIfTI ({e})") from e
     vol = np.squeeze(vol)
@@ -387,7 +502,8 @@ def read_images(root: str | os.PathLike, rel: str) -> list[Decoded]:
     """
     path = Path(root) / rel
     if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{path}: " + ("not a regular file (a folder, FIFO, socket or "
+                                            "device)" if path.exists() else "no such file"))
     ext = _ext(path)
     try:
         if ext in PIL_EXTS:
@@ -454,11 +570,19 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+def tmp_prefix(name: str) -> str:
+    """The prefix of ``name``'s temp file: '.' + the name, cut (in bytes) so that the
+    temp name, with mkstemp's 8 random characters and TMP_SUFFIX, stays within the
+    255-byte limit of a file name (a 255-byte output name must still be writable)."""
+    room = 255 - 2 - 8 - len(TMP_SUFFIX)
+    return "." + os.fsdecode(os.fsencode(name)[:room]) + "."
+
+
 def _atomic_save(out: Path, save) -> None:
-    """Write through ``save(fileobj)`` to a temp file beside ``out``, fsync, rename,
-    fsync the directory."""
+    """Write through ``save(fileobj)`` to a temp file beside ``out`` (so the rename never
+    crosses filesystems), fsync, rename, fsync the directory."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=TMP_SUFFIX, dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(out.name), suffix=TMP_SUFFIX, dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             save(fh)

@@ -1,10 +1,29 @@
 """Public ops with ``backend=`` dispatch (SPEC 9). Each forwards to the
-implementation ``backends.resolve`` picks for the input's device."""
+implementation ``backends.resolve`` picks for the input's device.
+
+The checks every backend shares are made here, once, so that all backends refuse the
+same inputs with the same message: NaN or infinite values (ValueError naming the
+argument: a NaN would otherwise come out as NaN statistics and images, or as a top-K
+ranked on NaN scores), an empty high band (a 1x1 image at ratio 0.5), and images with a
+zero-size side. An empty batch (B = 0) gives empty results."""
 from __future__ import annotations
 
 import torch
 
 from . import backends
+from .spectral import (_check_domain, _check_ratio, band_is_empty, check_shr_args,
+                       checks_skipped, require_finite)
+
+
+def _check_images(x: torch.Tensor, ratio: float) -> None:
+    if x.dim() != 4:
+        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
+    h, w = x.shape[-2:]
+    if h < 1 or w < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have at least one channel and one pixel, got shape "
+                         f"{tuple(x.shape)}")
+    if band_is_empty(h, w, ratio):
+        raise ValueError(f"the high band of a {h}x{w} image at ratio={ratio} is empty")
 
 
 def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex",
@@ -13,7 +32,15 @@ def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex",
 
     x: [B, C, H, W] float in [0, 1]. Returns: mu [B, C] float32, sigma [B, C] float32.
     """
-    return backends.resolve("band_stats", backend, x.device)(x, ratio=ratio, domain=domain)
+    _check_domain(domain)
+    _check_ratio(ratio)
+    _check_images(x, ratio)
+    fn = backends.resolve("band_stats", backend, x.device)
+    require_finite(x=x)
+    if x.shape[0] == 0:
+        empty = torch.zeros(x.shape[:2], dtype=torch.float32, device=x.device)
+        return empty, empty.clone()
+    return fn(x, ratio=ratio, domain=domain)
 
 
 def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
@@ -24,7 +51,13 @@ def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
     x: [B, C, H, W]; mu_bank, sigma_bank: [B, K, C]; eps_mu, eps_sigma: [B, C].
     Returns: x_hat [B, C, H, W] float32, not clipped.
     """
+    check_shr_args(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio, domain)
+    _check_images(x, ratio)
     fn = backends.resolve("shr", backend, x.device)
+    require_finite(x=x, mu_bank=mu_bank, sigma_bank=sigma_bank, eps_mu=eps_mu,
+                   eps_sigma=eps_sigma)
+    if x.shape[0] == 0:
+        return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     return fn(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio=ratio, domain=domain)
 
 
@@ -33,7 +66,9 @@ def ssim_matrix(q: torch.Tensor, db: torch.Tensor, backend: str = "auto") -> tor
 
     q: [Q, 1, h, w], db: [N, 1, h, w] luma in [0, 1]. Returns: [Q, N] float32.
     """
-    return backends.resolve("ssim_matrix", backend, q.device)(q, db)
+    fn = backends.resolve("ssim_matrix", backend, q.device)
+    require_finite(q=q, db=db)
+    return fn(q, db)
 
 
 def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
@@ -51,6 +86,13 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
     its recall@k against exact mode.
     Returns: scores [Q, k] float32 (descending), idx [Q, k] int64.
     """
+    require_finite(q=q, db=db)
+    ex = None if exclude is None or checks_skipped() else torch.as_tensor(exclude)
+    if ex is not None and ex.numel():
+        lo, hi = torch.stack(torch.aminmax(ex.long())).tolist()  # one host sync
+        if lo < -1 or hi >= db.shape[0]:
+            raise ValueError(f"exclude holds database positions from {lo} to {hi}; each must "
+                             f"be -1 (none) or in 0..{db.shape[0] - 1}")
     if mode == "prefilter":
         from .prefilter import ssim_topk_prefilter
         # The candidate stage is one matmul (torch); backend picks the re-rank's SSIM.

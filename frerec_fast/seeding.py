@@ -27,7 +27,9 @@ def image_seed(global_seed: int, relpath: str | PurePath, *extra: int) -> int:
     extra integers (for example a training step)."""
     key = "\x1f".join([str(int(global_seed)), normalise_relpath(relpath),
                        *(str(int(e)) for e in extra)])
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    # surrogateescape: a file name that is not UTF-8 (os.fsdecode gives it lone
+    # surrogates) hashes as its raw bytes; UTF-8 names hash exactly as before.
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 

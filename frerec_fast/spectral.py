@@ -10,6 +10,8 @@ shifting, editing and shifting back equals editing in place.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -25,6 +27,59 @@ def _check_domain(domain: str) -> None:
 def _check_ratio(ratio: float) -> None:
     if not 0.0 <= float(ratio) <= 1.0:
         raise ValueError(f"ratio must be in [0, 1], got {ratio!r}")
+
+
+def band_is_empty(h: int, w: int, ratio: float) -> bool:
+    """Whether the high band of an ``h`` x ``w`` image at ``ratio`` has no position
+    (SPEC 1: every frequency is in the low band, e.g. a 1x1 image at ratio 0.5). The
+    largest |frequency| of an n-point DFT is n // 2."""
+    return h // 2 < ratio * h / 2.0 and w // 2 < ratio * w / 2.0
+
+
+_CHECKED_UPSTREAM: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "frerec_inputs_checked_upstream", default=False)
+
+
+@contextlib.contextmanager
+def inputs_checked_upstream():
+    """Skip the public ops' value checks (``require_finite``, ``ssim_topk``'s exclusion
+    range) in this thread, for a caller whose inputs are validated where they are made:
+    the calibrator (pixels checked at decode, the index at load, results per tile).
+    Those checks read a value back to the host, which on CUDA would wait for every
+    queued kernel and undo the calibrator's overlap of host and GPU work."""
+    token = _CHECKED_UPSTREAM.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED_UPSTREAM.reset(token)
+
+
+def checks_skipped() -> bool:
+    """True inside ``inputs_checked_upstream()``."""
+    return _CHECKED_UPSTREAM.get()
+
+
+def require_finite(**tensors: torch.Tensor) -> None:
+    """ValueError naming the first floating-point tensor that holds NaN or +-inf.
+
+    ``aminmax`` per tensor (NaN propagates through min and max; many times cheaper than
+    ``isfinite(x).all()``), one host sync for all of them; empty and integer tensors pass.
+    Nothing is checked inside ``inputs_checked_upstream()``."""
+    if _CHECKED_UPSTREAM.get():
+        return
+    ends = {}
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel():
+            lo, hi = torch.aminmax(t.abs() if t.is_complex() else t)
+            ends[name] = torch.stack([lo, hi]).double()
+    if not ends:
+        return
+    dev = next(iter(ends.values())).device
+    good = torch.isfinite(torch.stack([e.to(dev) for e in ends.values()])).all(1).tolist()
+    for (name, t), ok in zip(((n, tensors[n]) for n in ends), good):
+        if not ok:
+            raise ValueError(f"{name} contains NaN or infinite values (shape "
+                             f"{tuple(t.shape)}); the inputs must be finite")
 
 
 def signed_freqs(n: int, device=None) -> torch.Tensor:
@@ -170,13 +225,21 @@ def radial_index(h: int, w: int, device=None) -> torch.Tensor:
 def spectral_profile(x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
     """Azimuthally averaged log10 power spectrum of the luma (SPEC 8, Durall et al.).
 
-    x: [B, C, H, W] float in [0, 1].
+    x: [B, C, H, W] float in [0, 1], finite (NaN or inf: ValueError).
     Returns: [R] float64, the mean over images of per-image log10 profiles,
-    R = floor(min(H, W)/2) + 1; or [B, R] with per_image=True.
+    R = floor(min(H, W)/2) + 1; or [B, R] with per_image=True ([0, R] for B = 0;
+    the mean of no image is a ValueError).
     """
-    y = luma(x.double())[:, 0]
-    h, w = y.shape[-2:]
+    if x.dim() != 4 or min(x.shape[-2:]) < 1:
+        raise ValueError(f"x must be [B, C, H, W] with H, W >= 1, got shape {tuple(x.shape)}")
+    require_finite(x=x)
+    h, w = x.shape[-2:]
     n_r = min(h, w) // 2 + 1
+    if x.shape[0] == 0:
+        if per_image:
+            return torch.zeros(0, n_r, dtype=torch.float64, device=x.device)
+        raise ValueError("spectral_profile of no image: x has B = 0")
+    y = luma(x.double())[:, 0]
     power = torch.fft.fft2(y, norm="ortho").abs().pow(2).reshape(y.shape[0], -1)
     rad = radial_index(h, w, y.device).reshape(-1)
     keep = rad < n_r
@@ -192,14 +255,16 @@ def spectral_profile(x: torch.Tensor, per_image: bool = False) -> torch.Tensor:
 def frequency_gap(profile_a: torch.Tensor, profile_b: torch.Tensor, ratio: float = 0.5):
     """Mean absolute difference of two set profiles (SPEC 8).
 
-    profile_a, profile_b: [R] from ``spectral_profile`` of images of one size.
-    Returns: (high_band, all_radii) floats; the high band is radii
+    profile_a, profile_b: [R] from ``spectral_profile`` of images of one size, finite;
+    ratio in [0, 1]. Returns: (high_band, all_radii) floats; the high band is radii
     >= ceil(ratio * (R - 1)).
     """
+    _check_ratio(ratio)
     a, b = torch.as_tensor(profile_a).double(), torch.as_tensor(profile_b).double()
-    if a.shape != b.shape or a.dim() != 1:
-        raise ValueError(f"profiles must be 1-D of one length (one image size), "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape != b.shape or a.dim() != 1 or a.shape[0] == 0:
+        raise ValueError(f"profiles must be 1-D of one length (one image size) and not "
+                         f"empty, got {tuple(a.shape)} and {tuple(b.shape)}")
+    require_finite(profile_a=a, profile_b=b)
     start = math.ceil(ratio * (a.shape[0] - 1))
     diff = (a - b).abs()
     return float(diff[start:].mean()), float(diff.mean())

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from .spectral import require_finite
+
 WIN = 11
 SIGMA = 1.5
 K1, K2 = 0.01, 0.03
@@ -82,13 +84,15 @@ def _ssim_map(mu_a, mu_b, var_a, var_b, cov):
 def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Paired SSIM.
 
-    a, b: [B, 1, h, w] luma in [0, 1] (or [B, h, w]). Returns: [B] float32.
+    a, b: [B, 1, h, w] luma in [0, 1] (or [B, h, w]), finite (else ValueError).
+    Returns: [B] float32.
     """
     if a.dim() == 3:
         a, b = a[:, None], b[:, None]
     check_luma("a", a)
     if a.shape != b.shape:
         raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have one shape")
+    require_finite(a=a, b=b)
     a, b = a.float(), b.float()
     mu_a, mu_b = filter_valid(a), filter_valid(b)
     var_a = filter_valid(a * a) - mu_a * mu_a

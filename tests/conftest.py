@@ -65,3 +65,18 @@ def pytest_collection_modifyitems(config, items):
     if why:
         for it in triton_items:
             it.add_marker(pytest.mark.skip(reason=why))
+
+
+# Hypothesis (the property tests, tests/test_hardening_*.py): CI runs a small,
+# derandomised set of examples so that its time is bounded and a failure reproduces;
+# HYPOTHESIS_PROFILE=dev explores many random examples on a developer's machine.
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                              database=None, suppress_health_check=[HealthCheck.too_slow])
+    settings.register_profile("dev", max_examples=1000, deadline=None,
+                              suppress_health_check=[HealthCheck.too_slow])
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is a dev extra; its tests skip themselves
+    pass

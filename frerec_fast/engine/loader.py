@@ -163,9 +163,11 @@ def load_rhm(path: str | os.PathLike | None = None, device: str | torch.device =
     Returns an ``RHMEngine``: ``engine(x)`` for x [B, C, H, W] float32; the module is
     ``engine.module``. Outputs agree with eager fp32 to float tolerance, not bit for bit.
     """
+    from ..allocator import tune
     from ..devices import resolve_device
     from ..model.checkpoint import load_rhm as load_module
 
+    tune()  # glibc: page faults otherwise halve the eager engine's speed (docs/engines.md)
     dev = resolve_device(device)
     check_engine_device(engine, precision, dev)  # before the weights are read
     if path is None:

@@ -37,7 +37,10 @@ class OpenVinoRHM:
                  "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
                  "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
                  # ACCURACY would undo the bf16 hint; PERFORMANCE honours it.
-                 "EXECUTION_MODE_HINT": "PERFORMANCE"}
+                 "EXECUTION_MODE_HINT": "PERFORMANCE",
+                 # Pinned OpenVINO threads fight the run's decode and encode threads and
+                 # torch's own pool for the same cores (docs/engines.md, threads).
+                 "ENABLE_CPU_PINNING": False}
         if cache_dir is not None:  # OpenVINO's own cache of compiled models: seconds saved
             props["CACHE_DIR"] = str(cache_dir)
         self.compiled = core.compile_model(model, "CPU", props)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..spectral import require_finite
 from ._consts import default_file_mode
 from .config import RHMConfig
 from .restormer import RHM
@@ -93,19 +95,32 @@ def read_checkpoint_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"RHM checkpoint sidecar {js} not found (a checkpoint is "
                               f"<stem>.safetensors + <stem>.json, written by save_checkpoint)")
     try:
-        meta = json.loads(js.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read checkpoint sidecar {js}: {e}") from e
+        meta = json.loads(js.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # also bad UTF-8, nesting too deep
+        raise CheckpointError(f"cannot read checkpoint sidecar {js}: {type(e).__name__}: "
+                              f"{str(e)[:200]}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{js} is not an RHM checkpoint (a JSON {type(meta).__name__}, "
+                              "not an object)")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{js} is not an RHM checkpoint (format {meta.get('format')!r})")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{js}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{js} has format version {meta['format_version']}, this "
                               f"frerec_fast reads up to {FORMAT_VERSION}: upgrade frerec_fast")
     return meta
 
 
 def load_rhm(path: str | os.PathLike, device: str | torch.device = "cpu") -> RHM:
-    """Rebuild an RHM from a checkpoint written by save_checkpoint, in eval mode on `device`."""
+    """Rebuild an RHM from a checkpoint written by save_checkpoint, in eval mode on `device`.
+
+    Both files are untrusted input: the weights are read with safetensors only (never
+    pickle), the sidecar is JSON. A missing, damaged or forged checkpoint raises
+    CheckpointError saying what is wrong: checksum, config (types and ranges), tensor
+    names, shapes and dtypes (compared with the model built on the meta device, so a
+    config with absurd sizes allocates nothing), non-finite weights."""
     ws, js = checkpoint_paths(path)
     meta = read_checkpoint_meta(path)
     if not ws.is_file():
@@ -115,27 +130,53 @@ def load_rhm(path: str | os.PathLike, device: str | torch.device = "cpu") -> RHM
         raise CheckpointError(f"{ws} does not match its sidecar {js} (SHA-256 differs): the "
                               f"weights were overwritten, truncated, or come from another save")
     try:
-        config = RHMConfig.from_dict(meta["config"])
+        config = RHMConfig.from_dict(meta.get("config"))
         state = st_load(blob)
-        from safetensors import safe_open
-        with safe_open(str(ws), framework="pt") as f:
-            inner = (f.metadata() or {}).get("config")
-    except Exception as e:  # bad config values or an unreadable safetensors header
-        raise CheckpointError(f"cannot load RHM checkpoint {ws}: {e}") from e
+        # The config saved inside the weights, from the header of the bytes checked
+        # above (8-byte length, then JSON; safetensors has validated both).
+        header = json.loads(blob[8:8 + struct.unpack("<Q", blob[:8])[0]])
+        inner = (header.get("__metadata__") or {}).get("config")
+        saved = None if inner is None else RHMConfig.from_dict(json.loads(inner))
+    except Exception as e:  # noqa: BLE001 - bad config values, a damaged header or inner config
+        raise CheckpointError(f"cannot load RHM checkpoint {ws}: {type(e).__name__}: "
+                              f"{str(e)[:300]}") from e
     # The checksum covers the weights (and the config saved inside them), not the sidecar:
     # a sidecar whose sizes were edited (n_rings, say, changes no weight shape) would
     # silently build another model. The dft mode is a run-time choice, not the model's.
-    if inner is not None:
-        saved = RHMConfig.from_dict(json.loads(inner))
+    if saved is not None:
         if saved.replace(dft=config.dft) != config:
             raise CheckpointError(f"{js}: its config {config.to_dict()} differs from the one "
                                   f"saved inside {ws.name} ({saved.to_dict()})")
+    _check_weights(ws, config, state)
     model = RHM(config)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{ws} does not fit RHM({config}): {e}") from e
-    if missing or unexpected:
-        raise CheckpointError(f"{ws} does not fit RHM({config}): missing {sorted(missing)[:8]}, "
-                              f"unexpected {sorted(unexpected)[:8]}")
+    model.load_state_dict(state, strict=True)  # names, shapes and dtypes checked above
     return model.to(device).eval()
+
+
+def _check_weights(ws: Path, config: RHMConfig, state: dict[str, torch.Tensor]) -> None:
+    """CheckpointError unless ``state`` holds exactly the tensors of RHM(config), each of
+    the model's shape and dtype, all finite. The model is built on the meta device
+    (no memory), after a bound on its module count from the file's tensor count, so a
+    sidecar claiming a huge model costs nothing."""
+    if sum(config.blocks) + config.refinement > len(state):
+        raise CheckpointError(f"{ws} does not fit RHM({config}): the config has "
+                              f"{sum(config.blocks) + config.refinement} blocks, the file only "
+                              f"{len(state)} tensors")
+    try:
+        with torch.device("meta"):
+            want = {k: (tuple(v.shape), v.dtype) for k, v in RHM(config).state_dict().items()}
+    except Exception as e:  # noqa: BLE001 - a config the model cannot be built from
+        raise CheckpointError(f"{ws}: cannot build RHM({config}): {e}") from e
+    missing, unexpected = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"{ws} does not fit RHM({config}): missing {missing[:8]}, "
+                              f"unexpected {unexpected[:8]}")
+    for k, (shape, dtype) in want.items():
+        got = state[k]
+        if tuple(got.shape) != shape or got.dtype != dtype:
+            raise CheckpointError(f"{ws} does not fit RHM({config}): {k} is {got.dtype} "
+                                  f"{tuple(got.shape)}, the model needs {dtype} {shape}")
+    try:
+        require_finite(**state)
+    except ValueError as e:
+        raise CheckpointError(f"{ws}: weights hold NaN or infinite values ({e})") from e

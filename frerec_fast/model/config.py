@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 DFT_MODES = ("fft", "matmul")
+# FESA's polar grid: cells of the pooled map per image (the paper's is 16 x 32 = 512).
+MAX_POLAR_CELLS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,26 @@ class RHMConfig:
     dft: str = "fft"
 
     def __post_init__(self):
+        # Types first: a checkpoint's sidecar is untrusted JSON, and a float or a string
+        # here would fail deep inside a layer with no hint of the cause.
+        for name in ("in_channels", "dim", "refinement", "n_rings", "n_sectors"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        for name in ("heads", "blocks"):
+            v = getattr(self, name)
+            if not isinstance(v, (list, tuple)) or any(
+                    isinstance(x, bool) or not isinstance(x, int) for x in v):
+                raise ValueError(f"{name} must be a list of integers, got {v!r}")
+        for name in ("bias", "fesa"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.ffn_expansion, bool) or not isinstance(self.ffn_expansion, (int, float)) \
+                or not math.isfinite(self.ffn_expansion):
+            raise ValueError(f"ffn_expansion must be a finite number, got {self.ffn_expansion!r}")
         # JSON gives lists; tuples keep the config hashable and comparable.
-        object.__setattr__(self, "heads", tuple(int(h) for h in self.heads))
-        object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
+        object.__setattr__(self, "heads", tuple(self.heads))
+        object.__setattr__(self, "blocks", tuple(self.blocks))
         if self.in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if len(self.heads) != 4 or len(self.blocks) != 4:
@@ -50,6 +70,10 @@ class RHMConfig:
                 raise ValueError(f"level {level + 1}: {ch} channels not divisible by {h} heads")
         if self.n_rings < 1 or self.n_sectors < 1:
             raise ValueError("n_rings and n_sectors must be >= 1")
+        if self.n_rings * self.n_sectors > MAX_POLAR_CELLS:
+            # Not in the weights: an absurd grid would only show as memory at run time.
+            raise ValueError(f"n_rings * n_sectors must be <= {MAX_POLAR_CELLS}, got "
+                             f"{self.n_rings} * {self.n_sectors}")
         if self.dft not in DFT_MODES:
             raise ValueError(f"dft must be one of {DFT_MODES}, got {self.dft!r}")
         if self.ffn_expansion <= 0:

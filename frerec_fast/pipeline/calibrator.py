@@ -18,6 +18,7 @@ import torch
 
 from ..ops import shr as shr_op
 from ..seeding import sample_eps
+from ..spectral import inputs_checked_upstream
 from .reader import Job
 from .record import GAP_SAMPLE
 
@@ -128,10 +129,13 @@ class Calibrator:
         x = x.pin_memory().to(c.device, non_blocking=True) if self.cuda else x
         eps = self._eps(batch) if c.shr else None
         t0 = self._mark()
-        nb = self._retrieve(x, batch, real) if c.shr else None
-        t1 = self._mark()
-        y = shr_op(x, nb.mu_bank, nb.sigma_bank, *eps, ratio=c.index.config.ratio,
-                   domain=c.index.config.domain, backend=c.backend) if c.shr else x
+        # Inputs are validated where they are made (pixels at decode, the index at
+        # load) and results per tile (_deliver): the ops' own checks would sync CUDA.
+        with inputs_checked_upstream():
+            nb = self._retrieve(x, batch, real) if c.shr else None
+            t1 = self._mark()
+            y = shr_op(x, nb.mu_bank, nb.sigma_bank, *eps, ratio=c.index.config.ratio,
+                       domain=c.index.config.domain, backend=c.backend) if c.shr else x
         t2 = self._mark()
         if c.net is not None:
             with torch.inference_mode():

@@ -36,15 +36,37 @@ class Status(str, enum.Enum):
 
 # -- where a run may write ------------------------------------------------------------------
 def check_dirs(src, dst) -> tuple[Path, Path]:
-    """Resolved (src, dst); refuses a missing src and a dst equal to, inside or
-    containing src (inputs are never modified)."""
+    """Resolved (src, dst); refuses a missing src, a dst equal to, inside or containing
+    src (inputs are never modified), and a dst that cannot be written (``check_writable``),
+    so that such a run fails before any work."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if not src.is_dir():
         raise FileNotFoundError(f"{src}: input directory not found")
     if dst == src or src in dst.parents or dst in src.parents:
         raise ValueError(f"{dst}: the output directory must not contain, or be inside, "
                          f"the input directory {src} (inputs are never modified)")
+    check_writable(dst)
     return src, dst
+
+
+def check_writable(dst: Path) -> None:
+    """Refuse an output directory that cannot be written: a path through a file, or a
+    folder (``dst``, or the nearest existing folder above a ``dst`` still to be made)
+    without write permission or on a read-only filesystem. A check of the permissions
+    (``os.access``), nothing is created; a filesystem that says yes and refuses later
+    still fails per file, or at the lock, with the path named."""
+    probe = Path(dst)
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(f"{dst}: cannot be the output directory: {probe} is not "
+                                 "a folder")
+    eff = os.access in os.supports_effective_ids
+    if not os.access(probe, os.W_OK | os.X_OK, effective_ids=eff):
+        where = "it" if probe == dst else f"the folder {probe} it would be made in"
+        raise PermissionError(f"{dst}: the output directory is not writable ({where} is "
+                              "read-only or lacks write permission for this user); choose "
+                              "another output directory or fix its permissions")
 
 
 def manifest_paths(dst: Path) -> list[Path]:
@@ -101,7 +123,11 @@ class RunLock:
             import fcntl
         except ImportError:  # no flock on this platform: runs are not serialised
             return self
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as e:
+            raise OSError(e.errno, f"{self.path}: cannot create the run's lock file "
+                          f"({e.strerror}): is the output directory writable?") from e
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -231,7 +257,7 @@ def index_digest(index: RealIndex) -> str:
     h = hashlib.sha256(json.dumps(index.config.to_dict(), sort_keys=True).encode())
     for t in (index.thumbs, index.mu, index.sigma):
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update("\x1f".join(index.keys).encode())
+    h.update("\x1f".join(index.keys).encode("utf-8", "surrogateescape"))  # non-UTF-8 names
     return h.hexdigest()
 
 

@@ -164,6 +164,11 @@ class _Validation:
 
     def _metrics(self, out: torch.Tensor) -> dict[str, float]:
         # Outputs are clipped as calibrate() clips them (SPEC 6); SSIM on luma (SPEC 4).
+        if not bool(torch.isfinite(out).all()):
+            # A diverged model (NaN outputs): SSIM and the spectral profile refuse
+            # non-finite images, and val_score makes a NaN gap -inf.
+            nan = float("nan")
+            return {"psnr": _mean_psnr(out, self.clean), "ssim": nan, "gap_high": nan}
         gap = frequency_gap(spectral_profile(luma(out.float())), self.clean_profile, self.ratio)[0]
         return {"psnr": _mean_psnr(out, self.clean),
                 "ssim": float(ssim(luma(out.float()), luma(self.clean)).mean()),
