@@ -174,3 +174,23 @@ def test_cli_engine(tmp_path):
     assert json.loads((tmp_path / "out" / "frerec_report.json").read_text())["engine"] == engine
     run = subprocess.run([*cli, "--engine", "tensorrt"], capture_output=True, text=True)
     assert run.returncode == 2 and "tensorrt" in run.stderr and "cuda" in run.stderr
+
+
+def test_threads_setting_is_for_the_run_only(tmp_path):
+    """calibrate_dir(threads=n): the run computes with n threads (same bytes as a process
+    set to n), reports n, and gives the caller's thread count back."""
+    src = copy_synth_sample(tmp_path / "src", every=64)
+    idx = ff.build_index(real_dir("train"), tmp_path / "idx", progress=False)
+    common = dict(index=idx, device="cpu", k=8, progress=False, engine="eager")
+    before = torch.get_num_threads()
+    a = calibrate_dir(src, tmp_path / "a", threads=1, **common)
+    assert a["threads"] == 1 and torch.get_num_threads() == before
+    torch.set_num_threads(1)
+    try:
+        b = calibrate_dir(src, tmp_path / "b", **common)
+    finally:
+        torch.set_num_threads(before)
+    assert b["threads"] == 1 and b["run"] == a["run"]
+    assert png_digests(tmp_path / "a") == png_digests(tmp_path / "b")
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        calibrate_dir(src, tmp_path / "x", threads=0, **common)

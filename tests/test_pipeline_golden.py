@@ -31,8 +31,10 @@ from run_helpers import one_thread  # noqa: F401 - a fixture
 
 GOLDEN = Path(__file__).parent / "golden" / "pipeline.json"
 RECORD = os.environ.get("FREREC_GOLDEN_RECORD") == "1"
-# Report fields that measure the run rather than decide its bytes.
-TIMING = {"seconds", "images_per_s", "stage_seconds", "index", "engine_build_seconds"}
+# Report fields that measure or describe the run rather than decide its bytes (the
+# thread count that does is in the fingerprint, "run").
+TIMING = {"seconds", "images_per_s", "stage_seconds", "index", "engine_build_seconds",
+          "threads", "workers"}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -121,19 +121,6 @@ class MDTA(nn.Module):
         self.qkv = nn.Conv2d(dim, dim * 3, 1, bias=bias)
         self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, 3, padding=1, groups=dim * 3, bias=bias)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=bias)
-        # Per-size polar maps held by the module: a compiler (torch.compile) then sees a
-        # constant attribute instead of tracing the NumPy code that builds one.
-        self._maps: dict[tuple[int, int, str], torch.Tensor] = {}
-
-    def index_map(self, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """The [h, w // 2 + 1] int64 polar bin map for an h x w input on ``device``."""
-        key = (h, w, str(device))
-        idx = self._maps.get(key)
-        if idx is None:
-            idx = ring_sector_index(h, w // 2 + 1, self.n_rings, self.n_sectors, device=device, w=w)
-            if not torch.compiler.is_compiling():  # no module state changes inside a trace
-                self._maps[key] = idx
-        return idx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

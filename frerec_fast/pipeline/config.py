@@ -33,6 +33,9 @@ class CalibrateConfig:
                                 "each one's own entry (SPEC 6)", ("--real",), action="store_true")
     workers: int = _opt(4, "decode and encode threads (default 4; use more on a fast GPU)",
                         type=int)
+    threads: int | None = _opt(None, "compute threads: torch's pool and the RHM engine's, for "
+                               "the run only (default: torch's current count, one per core)",
+                               type=int)
     progress: bool = _opt(True, "no progress bar", ("-q", "--quiet"), action="store_false")
     overlap: float = _opt(0.25, "overlap of the tiles of images larger than the working "
                           "size, as a fraction of a tile (default 0.25)", type=float)
@@ -66,6 +69,8 @@ class CalibrateConfig:
         for name in ("batch_size", "workers", "k"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads!r}")
         if self.model_batch is not None and int(self.model_batch) < 1:
             raise ValueError(f"model_batch must be >= 1, got {self.model_batch!r}")
         if self.retrieval not in RETRIEVALS:

@@ -3,6 +3,7 @@ into one streaming, resumable job (see ``frerec_fast/pipeline/__init__.py`` for 
 picture)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -53,6 +54,9 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     default 8 on CPU, 32 on CUDA. Outputs are reproducible for one device, backend,
     thread count and model_batch.
     files: only these paths relative to ``src`` (default: every image under it).
+    threads: compute threads (torch's intra-op pool, and the onnxruntime and OpenVINO
+    engines') for the run, restored after; default torch's current count (one per
+    core). Part of the fingerprint on CPU: float sums are split by it.
     workers: decode threads, and encode threads (at least 2); a 256x256 16-bit PNG
     costs about 5 ms to encode, so a fast GPU needs several (the manifest keeps the
     input order whatever the thread count).
@@ -88,13 +92,28 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     t_start = time.perf_counter()
     cfg = make_config(config, **settings)
     src, dst = check_dirs(src, dst)
-    run = plan(src, dst, index, model, cfg)  # every setting checked before dst is touched
-    dst.mkdir(parents=True, exist_ok=True)
-    with RunLock(dst):  # before prepare_dst: it deletes temp files a running job may own
-        prepare_dst(dst, cfg.resume)
-        report = execute(run, dst / MANIFEST, t_start)
-        fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
+    with compute_threads(cfg.threads):
+        run = plan(src, dst, index, model, cfg)  # every setting checked before dst is touched
+        dst.mkdir(parents=True, exist_ok=True)
+        with RunLock(dst):  # before prepare_dst: it deletes temp files a running job may own
+            prepare_dst(dst, cfg.resume)
+            report = execute(run, dst / MANIFEST, t_start)
+            fio.atomic_write_text(dst / REPORT, json.dumps(report, indent=1))
     return report
+
+
+@contextlib.contextmanager
+def compute_threads(n: int | None):
+    """torch's intra-op thread count set to ``n`` for the block (None: unchanged), then
+    restored: the run's thread layout without changing the caller's process for good."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
 
 
 def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) -> dict:
@@ -103,9 +122,10 @@ def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) ->
     belong to the driver (a shard must not delete the temp files its siblings write)."""
     t_start = time.perf_counter()
     src, dst = check_dirs(src, dst)
-    run = plan(src, dst, index, model, cfg)
-    dst.mkdir(parents=True, exist_ok=True)
-    return execute(run, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
+    with compute_threads(cfg.threads):
+        run = plan(src, dst, index, model, cfg)
+        dst.mkdir(parents=True, exist_ok=True)
+        return execute(run, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
 
 
 @dataclass
@@ -289,6 +309,7 @@ def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_fi
         "engine_build_seconds": _build_seconds(c.net),
         "retrieval": run.recall, "k": cfg.k, "seed": cfg.seed,
         "batch_size": cfg.batch_size, "model_batch": c.micro, "run": run.run_id,
+        "threads": torch.get_num_threads(), "workers": cfg.workers,
         "index": str(c.index.path) if c.index.path else None,
         "frequency_gap": sample_gaps(calib.sample_in, calib.sample_out, c.index),
         "files": n_files,
