@@ -34,6 +34,13 @@ def write_seeds(d: Path, seeds: list[bytes]) -> None:
         (d / f"seed-{i:03d}").write_bytes(s)
 
 
+def pair_seeds(seeds: dict[str, bytes], tensors_name: str) -> list[bytes]:
+    """Seed inputs of a two-file target (``targets._pair_input``): each file of a valid
+    artefact, with and without the checksum fix-up flag."""
+    return [bytes([flag | (name == tensors_name)]) + blob
+            for name, blob in seeds.items() for flag in (0, 2)]
+
+
 def instrumented():
     """A context manager that instruments the modules imported inside it."""
     import atheris

@@ -22,9 +22,7 @@ def main() -> None:
     stem = targets.seed_checkpoint(Path(tempfile.mkdtemp(prefix="frerec-seed-")))
     seeds = {p.name: p.read_bytes() for p in (stem.with_suffix(".json"),
                                               stem.with_suffix(".safetensors"))}
-    inputs = [bytes([flag | (name == "rhm.safetensors")]) + blob
-              for name, blob in seeds.items() for flag in (0, 2)]
-    _harness.write_seeds(_harness.corpus_dir("checkpoint"), inputs)
+    _harness.write_seeds(_harness.corpus_dir("checkpoint"), _harness.pair_seeds(seeds, "rhm.safetensors"))
     _harness.fuzz(lambda data, scratch: targets.checkpoint_input(data, seeds, scratch))
 
 

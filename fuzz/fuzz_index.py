@@ -21,9 +21,7 @@ warnings.simplefilter("ignore")
 def main() -> None:
     # The partner of the mutated file comes from a fresh, valid index.
     seeds = targets.read_seed_dir(targets.seed_index(Path(tempfile.mkdtemp(prefix="frerec-seed-"))))
-    inputs = [bytes([flag | (name == "index.safetensors")]) + blob
-              for name, blob in seeds.items() for flag in (0, 2)]
-    _harness.write_seeds(_harness.corpus_dir("index"), inputs)
+    _harness.write_seeds(_harness.corpus_dir("index"), _harness.pair_seeds(seeds, "index.safetensors"))
     _harness.fuzz(lambda data, scratch: targets.index_input(data, seeds, scratch))
 
 

@@ -245,18 +245,24 @@ def index_case(files: dict[str, bytes], workdir: Path) -> str:
     return "ok"
 
 
-def index_input(data: bytes, seeds: dict[str, bytes], workdir: Path) -> str | None:
-    """The atheris index target: byte 0 bit 0 picks the file the rest replaces
-    (index.json or index.safetensors), bit 1 recomputes the checksum in index.json."""
+def _pair_input(data: bytes, seeds: dict[str, bytes], names: tuple[str, str],
+                sha_key: str) -> dict[str, bytes] | None:
+    """The two files of an artefact (sidecar JSON, tensors) with one replaced by the fuzz
+    input: byte 0 bit 0 picks which, bit 1 recomputes the tensors' checksum in the JSON
+    (so the loader's checks behind the checksum are reached too)."""
     if not data:
         return None
     files = dict(seeds)
-    name = ("index.json", "index.safetensors")[data[0] & 1]
-    files[name] = data[1:]
+    files[names[data[0] & 1]] = data[1:]
     if data[0] & 2:
-        files["index.json"] = _fix_sha(files["index.json"], "tensors_sha256",
-                                       files["index.safetensors"])
-    return index_case(files, workdir)
+        files[names[0]] = _fix_sha(files[names[0]], sha_key, files[names[1]])
+    return files
+
+
+def index_input(data: bytes, seeds: dict[str, bytes], workdir: Path) -> str | None:
+    """The atheris index target over index.json / index.safetensors (``_pair_input``)."""
+    files = _pair_input(data, seeds, ("index.json", "index.safetensors"), "tensors_sha256")
+    return None if files is None else index_case(files, workdir)
 
 
 def checkpoint_case(files: dict[str, bytes], workdir: Path) -> str:
@@ -274,15 +280,9 @@ def checkpoint_case(files: dict[str, bytes], workdir: Path) -> str:
 
 
 def checkpoint_input(data: bytes, seeds: dict[str, bytes], workdir: Path) -> str | None:
-    """The atheris checkpoint target: as ``index_input`` for rhm.json / rhm.safetensors."""
-    if not data:
-        return None
-    files = dict(seeds)
-    name = ("rhm.json", "rhm.safetensors")[data[0] & 1]
-    files[name] = data[1:]
-    if data[0] & 2:
-        files["rhm.json"] = _fix_sha(files["rhm.json"], "weights_sha256", files["rhm.safetensors"])
-    return checkpoint_case(files, workdir)
+    """The atheris checkpoint target over rhm.json / rhm.safetensors (``_pair_input``)."""
+    files = _pair_input(data, seeds, ("rhm.json", "rhm.safetensors"), "weights_sha256")
+    return None if files is None else checkpoint_case(files, workdir)
 
 
 def read_seed_dir(d: Path) -> dict[str, bytes]:

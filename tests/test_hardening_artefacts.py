@@ -63,18 +63,27 @@ def pickles(marker: Path) -> list[bytes]:
 
 
 # -- the index ------------------------------------------------------------------------------
+def write_pair(d: Path, files: dict, stem: str, sha_key: str, meta=None, blob=None,
+               fix_sha: bool = True) -> Path:
+    """Write ``<stem>.json`` and ``<stem>.safetensors`` into a new folder d, from ``files``
+    with the sidecar (``meta``) and/or the tensors (``blob``) replaced; the sidecar's
+    ``sha_key`` is recomputed over the tensors when fix_sha. Returns d."""
+    d.mkdir()
+    blob = files[f"{stem}.safetensors"] if blob is None else blob
+    m = json.loads(files[f"{stem}.json"]) if meta is None else meta
+    if fix_sha and isinstance(m, dict):
+        m = {**m, sha_key: sha(blob)}
+    (d / f"{stem}.safetensors").write_bytes(blob)
+    (d / f"{stem}.json").write_text(json.dumps(m))
+    return d
+
+
 def load_index(tmp_path: Path, files: dict, meta: dict | None = None, tensors: bytes | None = None,
                fix_sha: bool = True):
     """Write an index folder (meta and/or tensors replaced; tensors_sha256 recomputed
     when fix_sha) and load it."""
-    d = tmp_path / f"idx{len(list(tmp_path.iterdir()))}"
-    d.mkdir()
-    blob = files["index.safetensors"] if tensors is None else tensors
-    m = json.loads(files["index.json"]) if meta is None else meta
-    if fix_sha and isinstance(m, dict):
-        m = {**m, "tensors_sha256": sha(blob)}
-    (d / "index.safetensors").write_bytes(blob)
-    (d / "index.json").write_text(json.dumps(m))
+    d = write_pair(tmp_path / f"idx{len(list(tmp_path.iterdir()))}", files, "index",
+                   "tensors_sha256", meta, tensors, fix_sha)
     return ff.RealIndex.load(d)
 
 
@@ -177,14 +186,8 @@ def test_index_random_damage_only_ever_gives_index_file_error(index_files, tmp_p
 # -- the checkpoint -------------------------------------------------------------------------
 def load_ckpt(tmp_path: Path, files: dict, meta=None, weights: bytes | None = None,
               fix_sha: bool = True):
-    d = tmp_path / f"ck{len(list(tmp_path.iterdir()))}"
-    d.mkdir()
-    blob = files["rhm.safetensors"] if weights is None else weights
-    m = json.loads(files["rhm.json"]) if meta is None else meta
-    if fix_sha and isinstance(m, dict):
-        m = {**m, "weights_sha256": sha(blob)}
-    (d / "rhm.safetensors").write_bytes(blob)
-    (d / "rhm.json").write_text(json.dumps(m))
+    d = write_pair(tmp_path / f"ck{len(list(tmp_path.iterdir()))}", files, "rhm",
+                   "weights_sha256", meta, weights, fix_sha)
     return load_rhm(d / "rhm")
 
 
