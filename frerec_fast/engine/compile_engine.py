@@ -15,35 +15,27 @@ def prime_index_maps(module: torch.nn.Module, h: int, w: int, device: torch.devi
 
 
 class CompiledRHM:
-    """``torch.compile(module)`` for one input shape, called like the module.
+    """``torch.compile(module)`` for inputs of one H x W, called like the module.
 
-    __call__(x: [B, C, H, W] float32) -> [B, C, H, W] float32. The first call at a new
-    shape compiles (a minute or more for the shipped model on 2 CPU cores); its duration
-    is in ``compile_seconds``. On CUDA mode "reduce-overhead" records the forward as a
-    CUDA graph for the fixed micro-batch, so a run pays the launch overhead once; the
-    graph reuses its output memory, hence the copy on return. bf16/fp16 run under
-    autocast, as in the eager engine. FESA's ring pooling takes the torch reference
-    inside compiled graphs (the fast kernels are opaque to the compiler).
+    __call__(x: [B, C, H, W] float32) -> [B, C, H, W] float32. The first call compiles
+    (15-50 s for the shipped model on 2 CPU cores; RHMEngine makes that call and times
+    it as the build). On CUDA mode "reduce-overhead" records the forward as a CUDA
+    graph for the fixed micro-batch, so a run pays the launch overhead once; the graph
+    reuses its output memory, hence the copy on return. bf16/fp16 run under autocast, as
+    in the eager engine. FESA's ring pooling takes the torch reference inside compiled
+    graphs (the fast kernels are opaque to the compiler).
     """
 
-    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str = "fp32"):
+    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str,
+                 size: tuple[int, int]):
         self.module, self.device, self.precision = module, torch.device(device), precision
         self.config = getattr(module, "config", None)
+        prime_index_maps(module, *size, self.device)
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self.fn = torch.compile(module, mode=mode, dynamic=False)
-        self.compile_seconds: dict[tuple[int, ...], float] = {}
+        self.dtype = autocast_dtype(precision)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        import time
-        shape = tuple(x.shape)
-        first = shape not in self.compile_seconds
-        if first:
-            prime_index_maps(self.module, shape[-2], shape[-1], x.device)
-            t0 = time.perf_counter()
-        dtype = autocast_dtype(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             y = self.fn(x)
-        y = y.float().clone()
-        if first:
-            self.compile_seconds[shape] = time.perf_counter() - t0
-        return y
+        return y.float().clone()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .names import canonical, check_engine_device
+from .names import check_engine_device
 
 # Tiles per engine call when none is given, per device type: the calibrator's default
 # micro-batch, so that a loaded engine and calibrate_dir compile for the same shape.
@@ -81,7 +81,7 @@ class RHMEngine:
             return AutocastRHM(self.module, self.precision, self.device)
         if self.engine == "compile":
             from .compile_engine import CompiledRHM
-            run = CompiledRHM(self.module, self.device, self.precision)
+            run = CompiledRHM(self.module, self.device, self.precision, (h, w))
             with torch.inference_mode():
                 run(torch.zeros(shape, device=self.device))  # compile now, timed as the build
             return run
@@ -132,7 +132,7 @@ class RHMEngine:
         return torch.cat(out) if out else x.new_empty(x.shape)
 
     def _ring_backend(self):
-        if self.ring_backend is None or self.engine not in ("eager",):
+        if self.ring_backend is None or self.engine != "eager":
             return contextlib.nullcontext()
         from ..model.fesa import ring_backend
         return ring_backend(self.ring_backend)
@@ -175,8 +175,3 @@ def load_rhm(path: str | os.PathLike | None = None, device: str | torch.device =
         path = default_model_path()
     return RHMEngine(load_module(path, device=dev), engine, precision, dev,
                      micro_batch=micro_batch, cache_dir=cache_dir, threads=threads)
-
-
-def engine_name(engine: str) -> str:
-    """Canonical engine name for reports ("torch" -> "eager")."""
-    return canonical(engine)

@@ -1,11 +1,11 @@
 """Engine and precision names, which engine runs which precision on which device, and
 what "auto" picks.
 
-"auto" takes the first engine of its device's order that is installed (order and the
-measurements behind it: docs/engines.md):
-  CPU:  openvino, onnxruntime, eager   (2 cores, shipped model, micro-batch 8: OpenVINO
-        fastest at 64x64 and 256x256; "compile" is fast too but costs a minute or more of
-        compilation per input size, so it is asked for by name, never picked)
+"auto" takes the first engine of its device's order that is installed (the
+measurements behind the order: docs/engines.md):
+  CPU:  openvino, onnxruntime, eager   (2 cores, shipped model, micro-batch 8, fp32:
+        OpenVINO the fastest at the 64x64 working size; "compile" gains as little and
+        costs 15-50 s of compilation per input size, so it is asked for by name only)
   CUDA: tensorrt, eager                (no GPU run here has measured compile or the
         onnxruntime CUDA provider against eager yet, so auto does not pick them)
 """

@@ -161,13 +161,15 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
     if mc is not None and mc != index.config.channels:
         raise ValueError(f"the model takes {mc} channel(s) but the index has "
                          f"{index.config.channels}")
-    if net is not None:
-        from ..engine import check_engine_device
-        engine = check_engine_device(engine, precision, dev)  # "auto" resolved
-    kk = clamp_k(cfg.k, len(index), cfg.calibrate_real)  # a bad k fails before dst is touched
-    used, search_backend, recall = _backends(cfg, dev, index, net, kk, engine)
     micro = int(cfg.model_batch or MODEL_BATCH.get(dev.type, 8))
     rhm = net is not None
+    if rhm:
+        from ..engine import RHMEngine  # checks the engine and precision; "auto" resolved
+        engine_net = RHMEngine(net, engine, precision, dev, micro_batch=micro,
+                               ring_backend=cfg.backend)
+        engine = engine_net.engine
+    kk = clamp_k(cfg.k, len(index), cfg.calibrate_real)  # a bad k fails before dst is touched
+    used, search_backend, recall = _backends(cfg, dev, index, net, kk, engine)
     # Everything that can change an output's bytes: the settings, the data, the code and
     # the arithmetic (device type, backends, CPU thread count: float sums are split by it).
     run_id = run_fingerprint(
@@ -178,9 +180,8 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
         **({} if cfg.shr else {"shr": False}), device=dev.type, backends=used,
         threads=torch.get_num_threads() if dev.type == "cpu" else None,
         torch=torch.__version__, frerec_fast=__version__)
-    if net is not None:
-        from ..engine import RHMEngine
-        net = RHMEngine(net, engine, precision, dev, micro_batch=micro, ring_backend=cfg.backend)
+    if rhm:
+        net = engine_net
         net.runner(*index.config.work_size)  # export / compile now: a failure ends the plan
     compute = Compute(index=index, net=net, device=dev, micro=micro,
                       k=cfg.k, seed=cfg.seed, backend=cfg.backend,
