@@ -1,4 +1,4 @@
-"""The GPU-scale job: ``calibrate_dir`` at 256x256 with the paper-size RHM (SPEC 5
+"""The GPU-scale job: ``calibrate_dir`` at 256x256 with the paper-size RHM (method §5
 defaults: dim 48, blocks 2/4/6/8, about 254 GFLOP per image) against the RHM engine's
 own rate, in the same run. The issue's goal on an H100-class GPU: end to end >= 600
 img/s, close to the engine's rate (decode, retrieval, SHR and encode hidden behind it).

@@ -1,5 +1,5 @@
 """FESA's ring/sector pooling per backend against the naive torch reference
-(``model/ring_pool.py``: ``scatter_add`` pooling, ``index_select`` scatter, and for the
+(``reference/rings.py``: ``scatter_add`` pooling, ``index_select`` scatter, and for the
 fused op the separate ``|X|`` and channel mean of ``model/fesa.py``).
 
 Groups (each row's ratio is against the ``torch`` row of its group):
@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from frerec_fast import backends
-from frerec_fast.model.ring_pool import ring_sector_index
+from frerec_fast.reference.rings import ring_sector_index
 from conftest import sync
 
 CASES = [(64, 16, 48), (128, 8, 48), (256, 4, 48)]  # (feature size, batch, channels)

@@ -1,4 +1,4 @@
-"""SSIM top-K (SPEC 4): exact top-K per backend and the prefilter mode, against a naive
+"""SSIM top-K (method §4): exact top-K per backend and the prefilter mode, against a naive
 torch baseline (the full ``ssim_matrix_torch`` matrix, then ``torch.topk``).
 
 Data is the retrieval use case: the shipped DCGAN slices query a database of the
@@ -22,7 +22,8 @@ import torch
 
 import frerec_fast as ff
 from frerec_fast import backends, prefilter
-from frerec_fast.ssim import clamp_k, ssim_matrix_torch
+from frerec_fast.reference.checks import clamp_k
+from frerec_fast.reference.ssim import ssim_matrix as ssim_matrix_torch
 from conftest import sync
 
 SIZE, K = 64, 200

@@ -1,10 +1,10 @@
 """frerec_fast: a fast inference engine for FreRec, the frequency recalibration of
-AI-synthesised medical images (see README.md and the method contract in SPEC)."""
-from .backends import BackendUnavailable
+AI-synthesised medical images (see README.md and the method in docs/method.md)."""
+from .errors import BackendUnavailable
 from .index import IndexFileError, RealIndex, build_index
 from .ops import band_stats, shr, ssim_matrix, ssim_topk
 from .spectral import frequency_gap, psnr, spectral_profile
-from .ssim import ssim
+from .reference.ssim import ssim
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from .errors import BackendUnavailable
+
 log = logging.getLogger("frerec_fast")
 
 try:
@@ -32,6 +34,5 @@ def has_cuda_ext() -> bool:
 def ext():
     """The loaded extension module, or a BackendUnavailable error saying why not."""
     if _C is None:
-        from .backends import BackendUnavailable
         raise BackendUnavailable(LOAD_ERROR)
     return _C

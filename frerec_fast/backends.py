@@ -1,33 +1,46 @@
 """The one place that maps ``backend=`` names to implementations.
 
-Each op has one torch reference (backend ``"torch"``) and any number of fast
-implementations. An implementation is named here by ``"module:function"`` and
-imported only when first used, so optional toolchains (Triton, CuPy, CUDA) are
-never touched at import time. ``"auto"`` picks, for the tensor's device, the
-first available backend in the op's preference order; an explicitly requested
-backend that is unavailable raises ``BackendUnavailable`` with the reason and
-never falls back silently.
+Each op has one torch reference (backend ``"torch"``, ``frerec_fast.reference``) and
+fast implementations registered as ``torch.library`` custom ops by their backend's
+modules (``fast/registration.py``). A backend's modules are imported the first time one
+of its ops is asked for, so optional toolchains (Triton, CuPy, CUDA) are never touched
+at import time. ``"auto"`` picks, for the tensor's device, the first available backend
+in the op's preference order; an explicitly requested backend that is unavailable
+raises ``BackendUnavailable`` with the reason and never falls back silently.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
+from . import _ext, reference
+from .errors import BackendUnavailable
+
+__all__ = ["BACKENDS", "BackendUnavailable", "available", "implementations", "resolve",
+           "resolve_name", "unavailable_reason"]
+
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+OPS = tuple(reference.OPS)
 
+_RING = ("ring_pool", "ring_scatter", "ring_pool_amplitude")
+# What each backend implements (checked against its modules' OPS by a test), and the
+# torch device types it accepts.
+_COVERAGE: dict[str, tuple[str, ...]] = {
+    "torch": OPS,
+    "cpp": ("shr", "band_stats", "ssim_matrix", "ssim_pairs", "ssim_topk") + _RING,
+    "triton": ("shr", "band_stats", "ssim_matrix", "ssim_topk") + _RING,
+    "cuda": ("shr", "band_stats", "ssim_matrix", "ssim_topk") + _RING,
+}
+_DEVICES = {"torch": ("cpu", "cuda"), "cpp": ("cpu",), "triton": ("cpu", "cuda"),
+            "cuda": ("cuda",)}
 
-class BackendUnavailable(RuntimeError):
-    """A backend was asked for that cannot run here; the message says why."""
-
-
-@dataclass(frozen=True)
-class Impl:
-    target: str                 # "module:function", relative to this package
-    devices: tuple[str, ...]    # torch device types it accepts
+# What "auto" tries, in order, per device type. Triton on CPU (the interpreter) is
+# a correctness tool, far slower than torch, so auto never picks it there.
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
 def _triton_reason(device_type: str) -> str | None:
@@ -41,12 +54,10 @@ def _triton_reason(device_type: str) -> str | None:
 
 
 def _cpp_reason(device_type: str) -> str | None:
-    from . import _ext
     return None if _ext.has_cpp() else _ext.LOAD_ERROR
 
 
 def _cuda_reason(device_type: str) -> str | None:
-    from . import _ext
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch"
     if _ext.has_cuda_ext():
@@ -66,89 +77,55 @@ _REASONS: dict[str, Callable[[str], str | None]] = {
     "cuda": _cuda_reason,
 }
 
-# op -> backend -> implementation. The torch entry is the op's single reference.
-_TABLE: dict[str, dict[str, Impl]] = {
-    "shr": {
-        "torch": Impl("spectral:shr", ("cpu", "cuda")),
-        "cpp": Impl("fast.shr_cpp:shr", ("cpu",)),
-        "cuda": Impl("fast.shr_cuda:shr", ("cuda",)),
-        "triton": Impl("kernels.shr:shr", ("cpu", "cuda")),
-    },
-    "band_stats": {
-        "torch": Impl("spectral:band_stats", ("cpu", "cuda")),
-        "cpp": Impl("fast.shr_cpp:band_stats", ("cpu",)),
-        "cuda": Impl("fast.shr_cuda:band_stats", ("cuda",)),
-        "triton": Impl("kernels.shr:band_stats", ("cpu", "cuda")),
-    },
-    "ssim_matrix": {
-        "torch": Impl("ssim:ssim_matrix_torch", ("cpu", "cuda")),
-        "cpp": Impl("fast.ssim_cpp:ssim_matrix", ("cpu",)),
-        "triton": Impl("kernels.ssim_topk:ssim_matrix", ("cpu", "cuda")),
-        "cuda": Impl("fast.ssim_cuda:ssim_matrix", ("cuda",)),
-    },
-    "ssim_pairs": {
-        "torch": Impl("prefilter:ssim_pairs_torch", ("cpu", "cuda")),
-        "cpp": Impl("fast.ssim_cpp:ssim_pairs", ("cpu",)),
-    },
-    "ssim_topk": {
-        "torch": Impl("ssim:ssim_topk_torch", ("cpu", "cuda")),
-        "cpp": Impl("fast.ssim_cpp:ssim_topk", ("cpu",)),
-        "triton": Impl("kernels.ssim_topk:ssim_topk", ("cpu", "cuda")),
-        "cuda": Impl("fast.ssim_cuda:ssim_topk", ("cuda",)),
-    },
-    # FESA's polar pooling (SPEC 5). The C++ (CPU), Triton and CUDA versions are
-    # atomics-free and deterministic (csrc/cpu/ring_pool.cpp, kernels/ring_pool.py,
-    # csrc/cuda/ring_pool.cu); ring_pool_amplitude is the fused |X| + channel mean + pool
-    # that FrequencyBranch calls. On CPU, auto takes cpp (benchmarks/test_bench_ring_pool.py).
-    "ring_pool": {
-        "torch": Impl("model.ring_pool:ring_pool", ("cpu", "cuda")),
-        "cpp": Impl("fast.ring_pool_cpp:ring_pool", ("cpu",)),
-        "cuda": Impl("fast.ring_pool_cuda:ring_pool", ("cuda",)),
-        "triton": Impl("kernels.ring_pool:ring_pool", ("cpu", "cuda")),
-    },
-    "ring_scatter": {
-        "torch": Impl("model.ring_pool:ring_scatter", ("cpu", "cuda")),
-        "cpp": Impl("fast.ring_pool_cpp:ring_scatter", ("cpu",)),
-        "cuda": Impl("fast.ring_pool_cuda:ring_scatter", ("cuda",)),
-        "triton": Impl("kernels.ring_pool:ring_scatter", ("cpu", "cuda")),
-    },
-    "ring_pool_amplitude": {
-        "torch": Impl("model.fesa:ring_pool_amplitude", ("cpu", "cuda")),
-        "cpp": Impl("fast.ring_pool_cpp:ring_pool_amplitude", ("cpu",)),
-        "cuda": Impl("fast.ring_pool_cuda:ring_pool_amplitude", ("cuda",)),
-        "triton": Impl("kernels.ring_pool:ring_pool_amplitude", ("cpu", "cuda")),
-    },
-}
 
-# What "auto" tries, in order, per device type. Triton on CPU (the interpreter) is
-# a correctness tool, far slower than torch, so auto never picks it there.
-_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
+def _torch_ops() -> dict[str, Callable]:
+    return dict(reference.OPS)
 
 
-def _load(impl: Impl) -> Callable:
-    mod, fn = impl.target.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{mod}"), fn)
+def _cpp_ops() -> dict[str, Callable]:
+    from .fast import ring_pool_cpp, shr_cpp, ssim_cpp
+    return {**shr_cpp.OPS, **ssim_cpp.OPS, **ring_pool_cpp.OPS}
+
+
+def _triton_ops() -> dict[str, Callable]:
+    from .kernels import ring_pool, shr, ssim_topk
+    return {**shr.OPS, **ssim_topk.OPS, **ring_pool.OPS}
+
+
+def _cuda_ops() -> dict[str, Callable]:
+    from .fast import ring_pool_cuda, shr_cuda, ssim_cuda
+    return {**shr_cuda.OPS, **ssim_cuda.OPS, **ring_pool_cuda.OPS}
+
+
+_PROVIDERS: dict[str, Callable[[], dict[str, Callable]]] = {
+    "torch": _torch_ops, "cpp": _cpp_ops, "triton": _triton_ops, "cuda": _cuda_ops}
+
+
+@functools.lru_cache(maxsize=None)
+def implementations(backend: str) -> dict[str, Callable]:
+    """op name -> public function of ``backend`` (imports its modules, which register
+    their custom ops). Raises ImportError when the backend's toolchain is missing."""
+    return _PROVIDERS[backend]()
 
 
 def unavailable_reason(op: str, backend: str, device_type: str = "cpu") -> str | None:
     """None if ``backend`` can run ``op`` on ``device_type`` here, else why not."""
-    if op not in _TABLE:
-        raise KeyError(f"unknown op {op!r}; known: {sorted(_TABLE)}")
+    if op not in OPS:
+        raise KeyError(f"unknown op {op!r}; known: {sorted(OPS)}")
     if backend not in BACKENDS:
         return f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}"
-    impl = _TABLE[op].get(backend)
-    if impl is None:
-        have = ", ".join(sorted(_TABLE[op]))
+    if op not in _COVERAGE[backend]:
+        have = ", ".join(sorted(b for b in BACKENDS if op in _COVERAGE[b]))
         return f"op {op!r} has no {backend!r} implementation (available: {have})"
-    if device_type not in impl.devices:
-        return (f"backend {backend!r} of op {op!r} runs on {'/'.join(impl.devices)} tensors, "
-                f"not {device_type}")
+    if device_type not in _DEVICES[backend]:
+        return (f"backend {backend!r} of op {op!r} runs on {'/'.join(_DEVICES[backend])} "
+                f"tensors, not {device_type}")
     return _REASONS[backend](device_type)
 
 
 def available(op: str, device_type: str = "cpu") -> list[str]:
-    """Backends that can run ``op`` on ``device_type`` here, in table order."""
-    return [b for b in _TABLE[op] if unavailable_reason(op, b, device_type) is None]
+    """Backends that can run ``op`` on ``device_type`` here, in ``BACKENDS`` order."""
+    return [b for b in BACKENDS if unavailable_reason(op, b, device_type) is None]
 
 
 def resolve_name(op: str, backend: str, device: torch.device | str) -> str:
@@ -156,7 +133,7 @@ def resolve_name(op: str, backend: str, device: torch.device | str) -> str:
     device_type = torch.device(device).type
     if backend == "auto":
         for cand in _AUTO_ORDER.get(device_type, ("torch",)):
-            if cand in _TABLE[op] and unavailable_reason(op, cand, device_type) is None:
+            if unavailable_reason(op, cand, device_type) is None:
                 return cand
         raise BackendUnavailable(f"no backend of op {op!r} runs on {device_type} tensors")
     why = unavailable_reason(op, backend, device_type)
@@ -167,4 +144,4 @@ def resolve_name(op: str, backend: str, device: torch.device | str) -> str:
 
 def resolve(op: str, backend: str, device: torch.device | str) -> Callable:
     """The implementation of ``op`` for ``backend`` on ``device``."""
-    return _load(_TABLE[op][resolve_name(op, backend, device)])
+    return implementations(resolve_name(op, backend, device))[op]

@@ -1,8 +1,8 @@
 """The offline demo: real CT/MRI slices shipped with the package, synthetic images from
 the project's own DCGAN, a real index, SHR alone and full FreRec (SHR + the shipped
-RHM) on the synthetic set, and the frequency gap to held-out real images (SPEC 8) under
+RHM) on the synthetic set, and the frequency gap to held-out real images (method §8) under
 both protocols: "against raw real" (calibrated synthetic vs raw held-out real) and
-"deployed" (calibrated synthetic vs held-out real calibrated the same way, SPEC 6)."""
+"deployed" (calibrated synthetic vs held-out real calibrated the same way, method §6)."""
 from __future__ import annotations
 
 import json
@@ -39,14 +39,14 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
 
     runs = {}
     # One K for every set: held-out real images are calibrated with self-exclusion
-    # (SPEC 6), which caps K at the index size minus one, so synthetic ones use that too.
+    # (method §6), which caps K at the index size minus one, so synthetic ones use that too.
     k = min(k, len(index) - 1)
     common = dict(index=index, device=device, seed=seed, backend=backend, k=k, progress=False,
                   resume=False)
     rep = calibrate_dir(synth, out / "shr", model=False, **common)
     runs["shr"] = rep
     # The deployed protocol's reference: the held-out real slices through the same
-    # calibration (calibrate_real: an image never retrieves itself; SPEC 6).
+    # calibration (calibrate_real: an image never retrieves itself; method §6).
     runs["shr_real"] = calibrate_dir(heldout, out / "shr_real", model=False,
                                      **{**common, "calibrate_real": True})
     print(f"[2/4] SHR only on {rep['ok']} DCGAN images: {rep['images_per_s']:.0f} img/s, "
@@ -72,7 +72,7 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
             profile_dir(out / "shr", size, name="synthetic + SHR")]
     if "frerec" in runs:
         sets.append(profile_dir(out / "frerec", size, name="synthetic + FreRec"))
-    # Raw vs raw is the baseline of both protocols (SPEC 8).
+    # Raw vs raw is the baseline of both protocols (method §8).
     deployed_ref = {"synthetic (DCGAN)": ref,
                     "synthetic + SHR": profile_dir(out / "shr_real", size, name="real + SHR")}
     if "frerec" in runs:
@@ -81,7 +81,7 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
     print(f"[4/4] frequency gap (mean |diff| of mean log10 power, high band / all radii; "
           f"smaller is closer to real) to {ref.count} held-out real slices, two protocols:")
     print("      against raw real: each set vs the raw held-out slices; deployed: each "
-          "calibrated set vs the held-out slices calibrated the same way (SPEC 6)")
+          "calibrated set vs the held-out slices calibrated the same way (method §6)")
     print(f"      {'set':<24}{'against raw real':>20}{'deployed':>20}")
     rows = {}
     for p in sets:
@@ -112,7 +112,7 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
     report = {"gaps_vs_heldout": rows, "quality_vs_inputs": quality, "k": k, "seed": seed,
               "protocols": {"against raw real": "calibrated synthetic vs raw held-out real",
                             "deployed": "calibrated synthetic vs held-out real calibrated "
-                                        "the same way (SPEC 6, self-excluded)"},
+                                        "the same way (method §6, self-excluded)"},
               "runs": {name: {key: r.get(key) for key in (
                   "ok", "failed", "errors", "seconds", "images_per_s", "stage_seconds",
                   "backends", "device", "device_name", "engine", "precision")}

@@ -1,7 +1,7 @@
 """The real-image index: what retrieval and SHR need to know about the real set.
 
-Per real image it stores the luma retrieval thumbnail (float16, SPEC 4), the
-high-band statistics per channel at the working size (SPEC 2), its relative
+Per real image it stores the luma retrieval thumbnail (float16, method §4), the
+high-band statistics per channel at the working size (method §2), its relative
 path (key) and a content hash; plus the config they were made with.
 
 On disk an index is a directory with two files, written atomically:
@@ -30,8 +30,8 @@ from . import io as fio
 from .channels import to_channels
 from .ops import band_stats, ssim_topk
 from .progress import bar as progress_bar
-from .spectral import DOMAINS, band_is_empty, luma
-from .ssim import WIN
+from .reference.checks import DOMAINS, WIN, band_is_empty
+from .spectral import luma
 
 log = logging.getLogger("frerec_fast")
 
@@ -114,7 +114,7 @@ class IndexConfig:
 
 
 def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize an image batch: area averaging when shrinking (SPEC 4), bicubic
+    """Resize an image batch: area averaging when shrinking (method §4), bicubic
     (clamped to [0, 1]) when enlarging; unchanged at the same size.
 
     x: [B, C, H, W]. Returns: [B, C, size[0], size[1]].
@@ -127,7 +127,7 @@ def resample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def thumbnails(x: torch.Tensor, retrieval_size: tuple[int, int]) -> torch.Tensor:
-    """Luma retrieval thumbnails (SPEC 4). x: [B, C, H, W] -> [B, 1, h, w] float32."""
+    """Luma retrieval thumbnails (method §4). x: [B, C, H, W] -> [B, 1, h, w] float32."""
     return resample(luma(x.float()), retrieval_size)
 
 

@@ -1,4 +1,4 @@
-"""Public ops with ``backend=`` dispatch (SPEC 9). Each forwards to the
+"""Public ops with ``backend=`` dispatch (method §9). Each forwards to the
 implementation ``backends.resolve`` picks for the input's device.
 
 The checks every backend shares are made here, once, so that all backends refuse the
@@ -11,30 +11,20 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from .spectral import (_check_domain, _check_ratio, band_is_empty, check_shr_args,
-                       checks_skipped, require_finite)
-
-
-def _check_images(x: torch.Tensor, ratio: float) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
-    h, w = x.shape[-2:]
-    if h < 1 or w < 1 or x.shape[1] < 1:
-        raise ValueError(f"x must have at least one channel and one pixel, got shape "
-                         f"{tuple(x.shape)}")
-    if band_is_empty(h, w, ratio):
-        raise ValueError(f"the high band of a {h}x{w} image at ratio={ratio} is empty")
+from . import prefilter
+from .reference.checks import (check_domain, check_images, check_ratio, check_shr_args,
+                               checks_skipped, require_finite)
 
 
 def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex",
                backend: str = "auto"):
-    """High-band statistics per image and channel (SPEC 2).
+    """High-band statistics per image and channel (method §2).
 
     x: [B, C, H, W] float in [0, 1]. Returns: mu [B, C] float32, sigma [B, C] float32.
     """
-    _check_domain(domain)
-    _check_ratio(ratio)
-    _check_images(x, ratio)
+    check_domain(domain)
+    check_ratio(ratio)
+    check_images(x, ratio)
     fn = backends.resolve("band_stats", backend, x.device)
     require_finite(x=x)
     if x.shape[0] == 0:
@@ -46,13 +36,13 @@ def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex",
 def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
         eps_mu: torch.Tensor, eps_sigma: torch.Tensor, ratio: float = 0.5,
         domain: str = "complex", backend: str = "auto") -> torch.Tensor:
-    """Statistic High-frequency Replacement (SPEC 3).
+    """Statistic High-frequency Replacement (method §3).
 
     x: [B, C, H, W]; mu_bank, sigma_bank: [B, K, C]; eps_mu, eps_sigma: [B, C].
     Returns: x_hat [B, C, H, W] float32, not clipped.
     """
     check_shr_args(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio, domain)
-    _check_images(x, ratio)
+    check_images(x, ratio)
     fn = backends.resolve("shr", backend, x.device)
     require_finite(x=x, mu_bank=mu_bank, sigma_bank=sigma_bank, eps_mu=eps_mu,
                    eps_sigma=eps_sigma)
@@ -62,7 +52,7 @@ def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
 
 
 def ssim_matrix(q: torch.Tensor, db: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """SSIM of every query against every database image (SPEC 4).
+    """SSIM of every query against every database image (method §4).
 
     q: [Q, 1, h, w], db: [N, 1, h, w] luma in [0, 1]. Returns: [Q, N] float32.
     """
@@ -74,7 +64,7 @@ def ssim_matrix(q: torch.Tensor, db: torch.Tensor, backend: str = "auto") -> tor
 def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
               mode: str = "exact", backend: str = "auto", candidates: int | None = None,
               db_embedding: torch.Tensor | None = None):
-    """Top-k database images by SSIM per query, ties to the lower index (SPEC 4).
+    """Top-k database images by SSIM per query, ties to the lower index (method §4).
 
     q: [Q, 1, h, w], db: [N, 1, h, w]; exclude: optional [Q] int64 database index to
     skip per query (-1: none). k is clamped to N (N - 1 when exclude is given).
@@ -94,9 +84,8 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
             raise ValueError(f"exclude holds database positions from {lo} to {hi}; each must "
                              f"be -1 (none) or in 0..{db.shape[0] - 1}")
     if mode == "prefilter":
-        from .prefilter import ssim_topk_prefilter
         # The candidate stage is one matmul (torch); backend picks the re-rank's SSIM.
-        return ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=candidates,
+        return prefilter.ssim_topk_prefilter(q, db, k, exclude=exclude, candidates=candidates,
                                    backend=backend, db_embedding=db_embedding)
     if mode != "exact":
         raise ValueError(f"mode {mode!r} is not available; use mode='exact' or 'prefilter'")

@@ -1,4 +1,4 @@
-"""Approximate SSIM top-K: a GEMM-shaped candidate stage, then exact SSIM re-rank (SPEC 4).
+"""Approximate SSIM top-K: a GEMM-shaped candidate stage, then exact SSIM re-rank (method §4).
 
 Exact top-K scores every (query, database image) pair with SSIM, which costs a full
 11x11 windowed filter of the pair's product image: ~2 * h' * h * w multiply-adds per
@@ -16,7 +16,7 @@ pair (~0.45 M at 64x64). This mode spends that only on a short list:
    position to -inf here, so it is never a candidate. The database side can be
    embedded once (``embed_db``) and passed in, as ``RealIndex`` does.
 2. Re-rank: exact SSIM of each query against its own candidates only, with the same
-   formulas as the torch reference (``frerec_fast.ssim``), then the top ``k`` of those,
+   formulas as the torch reference (``frerec_fast.reference.ssim``), then the top ``k`` of those,
    ties to the lower index. The excluded position is masked again in this stage, which
    is what makes ``candidates >= N`` equal to exact top-K (then every image is a
    candidate, the excluded one included, at -inf).
@@ -29,7 +29,7 @@ N = 131072 by augmentation, as in benchmarks/test_bench_ssim.py), at 1/100 of th
 exact SSIM work (1310 candidates): 0.997 with this embedding, 0.920 with the plain
 Pearson correlation of the 16x16 thumbnails that it replaced (0.966 at 32x32); at
 1/50: 1.000 and 0.968.
-SPEC 4 asks approximate modes to report recall@K against the exact answer:
+method §4 asks approximate modes to report recall@K against the exact answer:
 ``recall_at_k`` computes it, ``measure_recall`` runs both modes on a query sample.
 
 Memory is bounded whatever N: the candidate stage holds one ``[Q, db_chunk]`` block
@@ -45,8 +45,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .ssim import (_ssim_map, check_pair, clamp_k, filter_valid,
-                   local_stats, merge_topk)
+from . import backends
+from .reference.checks import check_pair, clamp_k, require_finite
+from .reference.ssim import filter_valid, local_stats, merge_topk, ssim_map
 
 DEFAULT_THUMB = 16
 # Local statistics of the embedding: Gaussian window of this sigma, in thumbnail pixels
@@ -58,7 +59,7 @@ DEFAULT_DB_CHUNK = 4096  # database images per step of either stage
 # Pair-product elements per re-rank batch, by device. The SSIM map is a dozen
 # memory-bound element-wise passes, so on CPU a batch whose temporaries stay in cache
 # wins: 512K floats (2 MiB each, 128 pairs at 64x64) ran 2-5x faster per pair than
-# 32M (ssim.DEFAULT_BLOCK_ELEMS) and as fast per pair as the exact reference at the
+# 32M (reference.ssim.DEFAULT_BLOCK_ELEMS) and as fast per pair as the exact reference at the
 # same size (one thread of the 2-core CI-size box). A GPU launch wants more work: 4M
 # (not measured).
 PAIR_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 22}
@@ -98,7 +99,7 @@ def embed(x: torch.Tensor, thumb: int = DEFAULT_THUMB) -> torch.Tensor:
     0 with everything) rather than NaN.
     """
     t_h, t_w = min(thumb, x.shape[-2]), min(thumb, x.shape[-1])
-    # Area pooling (= F.interpolate(mode="area"), the resampling SPEC 4 uses for thumbs).
+    # Area pooling (= F.interpolate(mode="area"), the resampling method §4 uses for thumbs).
     t = F.adaptive_avg_pool2d(x.float(), (t_h, t_w))                  # [N, 1, t_h, t_w]
     mu = _blur(t, EMBED_SIGMA)
     var = (_blur(t * t, EMBED_SIGMA) - mu * mu).clamp_min(0.0)
@@ -227,27 +228,12 @@ def rerank(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
                 md = mu_d[sel]                                        # [P, h', w']
                 exy = filter_valid(qf[i] * d[sel])[:, 0]              # [P, h', w']
                 cov = exy - mu_q[i] * md
-                m = _ssim_map(mu_q[i], md, var_q[i], var_d[sel], cov)
+                m = ssim_map(mu_q[i], md, var_q[i], var_d[sel], cov)
                 scores[i, a0:a1] = m.mean(dim=(1, 2))
     if exclude is not None:
         scores = scores.masked_fill(cand == exclude[:, None], float("-inf"))
     s, order = torch.sort(scores, dim=1, descending=True, stable=True)
     return s[:, :k], torch.gather(cand, 1, order[:, :k])
-
-
-def ssim_pairs_torch(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-    """Reference of the "ssim_pairs" op: out[a, c] = SSIM(q[a], db[cand[a, c]]).
-
-    q: [Q, 1, h, w]; db: [N, 1, h, w]; cand: [Q, C] int64. Returns: [Q, C] float32.
-    One query against its gathered candidates at a time (the re-rank's fast torch path
-    is ``rerank``; this is the plain definition the other backends are tested against).
-    """
-    check_pair(q, db)
-    from .ssim import ssim_matrix_torch
-    out = torch.empty(cand.shape, dtype=torch.float32, device=q.device)
-    for i in range(q.shape[0]):
-        out[i] = ssim_matrix_torch(q[i:i + 1], db[cand[i].to(db.device)].to(q.device))[0]
-    return out
 
 
 def rerank_pairs(pairs_fn, q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
@@ -273,7 +259,7 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
 
     q: [Q, 1, h, w], db: [N, 1, h, w] luma in [0, 1] (db may be float16 or on another
     device; chunks are moved to q's device). exclude: optional [Q] int64 database
-    position to skip per query (-1: none). k is clamped with ``ssim.clamp_k`` (to N,
+    position to skip per query (-1: none). k is clamped with ``reference.checks.clamp_k`` (to N,
     or N - 1 with exclude). candidates: short-list length per query, default
     ``default_candidates(k, N)``; raised to k if smaller, capped at N. With
     candidates = N the result equals exact top-K (same indices; scores to float32
@@ -292,9 +278,17 @@ def ssim_topk_prefilter(q: torch.Tensor, db: torch.Tensor, k: int,
     candidates = min(max(int(candidates), k), n_db)
     exclude = _check_exclude(exclude, q.shape[0], q.device)
     _, cand = candidate_topk(q, db, candidates, exclude, thumb, db_chunk, db_embedding)
-    from . import backends
+    return rerank_with(q, db, cand, k, exclude, backend, db_chunk, max_block_elems)
+
+
+def rerank_with(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor, k: int,
+                exclude: torch.Tensor | None = None, backend: str = "auto",
+                db_chunk: int = DEFAULT_DB_CHUNK, max_block_elems: int | None = None):
+    """Stage 2 through ``backend``'s "ssim_pairs" op: the chunked torch ``rerank`` for
+    "torch" (faster than the op's plain reference), else ``rerank_pairs``. Same contract
+    as ``rerank`` (also the re-rank of the sharded index, ``frerec_fast.index.search``)."""
     name = backends.resolve_name("ssim_pairs", backend, q.device)
-    if name == "torch":  # the chunked torch path, faster than the op's plain reference
+    if name == "torch":
         return rerank(q, db, cand, k, exclude, db_chunk, max_block_elems)
     return rerank_pairs(backends.resolve("ssim_pairs", name, q.device), q, db, cand, k, exclude)
 
@@ -320,19 +314,17 @@ def recall_at_k(approx_idx: torch.Tensor, exact_idx: torch.Tensor) -> float:
 def measure_recall(q: torch.Tensor, db: torch.Tensor, k: int,
                    exclude: torch.Tensor | None = None, candidates: int | None = None,
                    thumb: int = DEFAULT_THUMB, backend: str = "auto") -> dict:
-    """Run exact and prefilter top-k on the same queries and report recall@K (SPEC 4).
+    """Run exact and prefilter top-k on the same queries and report recall@K (method §4).
 
     q: [Q, 1, h, w] (a sample of queries is enough), db: [N, 1, h, w]; backend: of the
     exact reference (``frerec_fast.ssim_topk``). Returns: dict with recall, k,
     candidates, n_db and ssim_pair_fraction (SSIM pairs scored, relative to exact).
     """
-    from .ops import ssim_topk  # lazy: ops will dispatch mode="prefilter" to this module
-
     n_db = db.shape[0]
     kk = clamp_k(k, n_db, exclude is not None)
     c = candidates if candidates is not None else default_candidates(kk, n_db)
     c = min(max(int(c), kk), n_db)
-    _, exact = ssim_topk(q, db, kk, exclude=exclude, backend=backend)
+    _, exact = backends.resolve("ssim_topk", backend, q.device)(q, db, kk, exclude=exclude)
     _, approx = ssim_topk_prefilter(q, db, kk, exclude=exclude, candidates=c, thumb=thumb)
     return {"recall": recall_at_k(approx, exact.to(approx.device)), "k": kk,
             "candidates": c, "n_db": n_db, "ssim_pair_fraction": c / n_db}

@@ -1,4 +1,4 @@
-"""Per-image noise from ``(global_seed, relative path)`` (SPEC 7).
+"""Per-image noise from ``(global_seed, relative path)`` (method §7).
 
 Noise never depends on batch order, batch size or the worker that draws it, so
 a resumed or distributed run writes the same bytes as an uninterrupted one.
@@ -35,7 +35,7 @@ def image_seed(global_seed: int, relpath: str | PurePath, *extra: int) -> int:
 
 def sample_eps(global_seed: int, relpaths: Sequence[str | PurePath], channels: int,
                *extra: int, device=None):
-    """SHR noise for a batch of images (SPEC 3, 7).
+    """SHR noise for a batch of images (method §3, 7).
 
     Returns: eps_mu [B, C] float32, eps_sigma [B, C] float32, where row i depends
     only on (global_seed, relpaths[i], *extra).

@@ -1,7 +1,8 @@
-"""Ring/sector pooling of FESA's frequency branch (SPEC 5) as Triton kernels.
+"""Ring/sector pooling of FESA's frequency branch (method §5) as Triton kernels.
 
-Three ops, each an ``autograd.Function`` (so training can use them) behind a function
-with the reference's signature (``frerec_fast/model/ring_pool.py``):
+Three ops, registered as ``torch.library`` custom ops ``frerec::ring_*_triton`` with
+autograd (so training and ``torch.compile`` can use them; ``fast/ring_plan.py``), behind
+functions with the reference's signatures (``frerec_fast/reference/rings.py``):
 
 - ``ring_pool(amplitude [B, H, Wh], index_map [H, Wh], n_bins) -> [B, n_bins]``: mean
   per bin (empty bins 0). Backward: ``grad_amp[b, p] = grad[b, bin(p)] / count(bin(p))``,
@@ -15,7 +16,7 @@ with the reference's signature (``frerec_fast/model/ring_pool.py``):
   is read once and only ``[B, n_bins]`` is written. ``re`` and ``im`` are read through
   their strides, so the ``.real`` / ``.imag`` views of a complex rfft2 output need no
   copy. Backward: ``grad_re = grad[b, bin] / (C count) * re / |X|`` (0 where X = 0, as
-  ``model.dft.amplitude`` defines it), likewise ``grad_im``; one elementwise pass.
+  ``reference.rings.amplitude`` defines it), likewise ``grad_im``; one elementwise pass.
 
 Determinism (no atomics anywhere). The host builds, once per index map, its CSR form
 (``frerec_fast/fast/ring_plan.py``: positions sorted by bin, and bin offsets). The pool
@@ -26,8 +27,9 @@ accumulates in a fixed order and ``tl.sum`` reduces the lanes with a fixed tree.
 sum is thus computed by one program in one order: results are bit-identical run to run
 (and the backward passes are gathers, deterministic by construction).
 
-Precision: float16/bfloat16/float32 inputs accumulate in float32 and return the input
-dtype (as the reference does); float64 inputs accumulate in float64 (gradcheck works).
+Precision: the launchers get float32 or float64 tensors (float64 accumulates in float64,
+so gradcheck works); float16/bfloat16 inputs are computed in float32 and cast back by the
+registered op (``fast/registration.py``), as in the C++ and CUDA backends.
 
 Block sizes (environment variables, powers of two, read at import):
 
@@ -52,8 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
-from frerec_fast.fast.ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter,
-                                        ring_plan)
+from frerec_fast.fast.registration import register_ring_ops
+from frerec_fast.fast.ring_plan import RingPlan
 from .utils import check_triton_device, env_pow2, pick_block
 
 FREREC_TRITON_RING_BINS = env_pow2("FREREC_TRITON_RING_BINS", 8, hi=1024)
@@ -158,7 +160,7 @@ def _amplitude_bwd_kernel(g_ptr, re_ptr, im_ptr, index_ptr, offsets_ptr, gre_ptr
     im = im.to(g.dtype)
     sq = re * re + im * im
     nz = sq > 0
-    # d|X|/d re = re / |X|; 0 at X = 0 (the double where of model.dft.amplitude).
+    # d|X|/d re = re / |X|; 0 at X = 0 (the double where of reference.rings.amplitude).
     scale = tl.where(nz, g / ((count * C).to(g.dtype) * tl.sqrt(tl.where(nz, sq, 1.0))), 0.0)
     tl.store(gre_ptr + plane * HW + offs, re * scale, mask=m)
     tl.store(gim_ptr + plane * HW + offs, im * scale, mask=m)
@@ -218,83 +220,17 @@ def _amplitude_bwd_launch(g: torch.Tensor, re: torch.Tensor, im: torch.Tensor, p
     return gre.to(re.dtype), gim.to(im.dtype)
 
 
-# ---------------------------------------------------------------- autograd
+# ---------------------------------------------------------------- registration
 
 
-class _RingPool(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, amplitude, plan):
-        ctx.plan = plan
-        ctx.in_dtype = amplitude.dtype
-        a4 = amplitude.unsqueeze(1)                                  # [B, 1, H, Wh], a view
-        return _pool_launch(a4, a4, plan, amplitude=False, mean=True, out_dtype=amplitude.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return _scatter_launch(grad, ctx.plan, div_count=True).to(ctx.in_dtype), None
+def _pool(re: torch.Tensor, im: torch.Tensor, plan: RingPlan, amplitude: bool,
+          mean: bool) -> torch.Tensor:
+    return _pool_launch(re, im, plan, amplitude, mean, re.dtype)
 
 
-class _RingScatter(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, values, plan):
-        ctx.plan = plan
-        ctx.in_dtype = values.dtype
-        return _scatter_launch(values, plan, div_count=False)
+ring_pool, ring_scatter, ring_pool_amplitude = register_ring_ops(
+    "triton", ("cpu", "cuda"), _pool, _scatter_launch, _amplitude_bwd_launch,
+    lambda t, name: check_triton_device(t))
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        g4 = grad.unsqueeze(1)                                       # [B, 1, H, Wh]
-        return _pool_launch(g4, g4, ctx.plan, amplitude=False, mean=False,
-                            out_dtype=grad.dtype).to(ctx.in_dtype), None
-
-
-class _RingPoolAmplitude(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, re, im, plan):
-        ctx.plan = plan
-        ctx.save_for_backward(re, im)
-        return _pool_launch(re, im, plan, amplitude=True, mean=True, out_dtype=re.dtype)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        re, im = ctx.saved_tensors
-        gre, gim = _amplitude_bwd_launch(grad, re, im, ctx.plan)
-        return gre, gim, None
-
-
-# ---------------------------------------------------------------- functional API
-
-
-def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """Mean of ``amplitude`` over each bin of ``index_map``; empty bins give 0 (Triton).
-
-    amplitude: [B, H, Wh] float (CUDA, or CPU under TRITON_INTERPRET=1); index_map:
-    [H, Wh] int64 in [0, n_bins). Returns: [B, n_bins], amplitude's dtype. Differentiable.
-    """
-    check_pool(amplitude, index_map)
-    check_triton_device(amplitude)
-    return _RingPool.apply(amplitude, ring_plan(index_map, n_bins))
-
-
-def ring_scatter(values: torch.Tensor, index_map: torch.Tensor) -> torch.Tensor:
-    """Each frequency takes the value of its bin (Triton). values: [B, n_bins] float;
-    index_map: [H, Wh] int64. Returns: [B, H, Wh]. Differentiable."""
-    check_scatter(values, index_map)
-    check_triton_device(values)
-    return _RingScatter.apply(values, ring_plan(index_map, values.shape[1]))
-
-
-def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
-                        n_bins: int) -> torch.Tensor:
-    """``ring_pool(|re + i im|.mean(1), index_map, n_bins)`` in one pass (Triton).
-
-    re, im: [B, C, H, Wh] real (e.g. ``X.real``, ``X.imag`` of an rfft2 output; any
-    strides); index_map: [H, Wh] int64. Returns: [B, n_bins], re's dtype. Differentiable
-    in re and im (gradient 0 where X = 0).
-    """
-    check_pool_amplitude(re, im, index_map)
-    check_triton_device(re)
-    return _RingPoolAmplitude.apply(re, im, ring_plan(index_map, n_bins))
+OPS = {"ring_pool": ring_pool, "ring_scatter": ring_scatter,
+       "ring_pool_amplitude": ring_pool_amplitude}

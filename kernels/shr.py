@@ -1,4 +1,4 @@
-"""SHR and band statistics as Triton kernels on the rfft2 half spectrum (SPEC 1-3).
+"""SHR and band statistics as Triton kernels on the rfft2 half spectrum (method §1-3).
 
 Pipeline of ``shr`` (what is fused and what is not):
 
@@ -14,7 +14,7 @@ Pipeline of ``shr`` (what is fused and what is not):
 3. ``bank_targets`` (torch, ``[B, K, C] -> [B, C]``, float64): the neighbour statistics
    and noise into ``mu_hat, sigma_hat``. Tiny; not worth a kernel.
 4. ``_shr_apply_kernel``: grid (plane, tile); rewrites the high-band coefficients of
-   the half spectrum in place (AdaIN replacement, SPEC 3); low-band coefficients are
+   the half spectrum in place (AdaIN replacement, method §3); low-band coefficients are
    neither loaded nor stored.
 5. ``torch.fft.irfft2(..., s=(H, W), norm="ortho")``.
 
@@ -42,7 +42,7 @@ float32 spectrum's own error (relative ~1e-7) and no summation error growing wit
 plane size (a float32 accumulation over a 512x257 plane could lose ~1e-5 relative in
 the worst case). On an H100 the float64 adds cost nothing measurable: the kernel is
 bound by memory traffic (about 8 bytes per coefficient per pass). Measured against the
-float64 NumPy oracle (tests/test_triton_shr.py): statistics within rtol 1e-5 / atol
+float64 NumPy oracle (tests/ops/test_band_stats.py, test_shr.py): statistics within rtol 1e-5 / atol
 1e-6 and outputs within atol 2e-5, the tolerances the torch and C++ backends meet.
 
 Block sizes (environment variables, powers of two, read at import):
@@ -75,7 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from frerec_fast.spectral import _check_domain, _check_ratio, bank_targets, check_shr_args
+from frerec_fast.fast.registration import register_spectral_ops
 from .utils import check_triton_device, env_pow2, pick_block
 
 FREREC_TRITON_SHR_STATS_BLOCK = env_pow2("FREREC_TRITON_SHR_STATS_BLOCK", 1024, lo=16)
@@ -94,7 +94,7 @@ def _band_position(offs, H, W, WH, LIM_U, LIM_V):
     inside = offs < H * WH
     u = offs // WH
     v = offs - u * WH
-    # Signed row frequency in FFT order: 0, 1, ..., then negative (SPEC 1).
+    # Signed row frequency in FFT order: 0, 1, ..., then negative (method §1).
     fu = tl.where(u < (H + 1) // 2, u, u - H)
     # Low band: |fu| < LIM_U and v < LIM_V (integer limits, exact). High = not low.
     high = inside & ((tl.abs(fu) >= LIM_U) | (v >= LIM_V))
@@ -162,7 +162,7 @@ def _band_stats_kernel(spec_ptr, mu_ptr, sigma_ptr, H, W, WH, LIM_U, LIM_V, COUN
 def _shr_apply_kernel(spec_ptr, mu_s_ptr, sigma_s_ptr, mu_hat_ptr, sigma_hat_ptr,
                       H, W, WH, LIM_U, LIM_V,
                       AMPLITUDE: tl.constexpr, BLOCK: tl.constexpr):
-    """AdaIN replacement of the high band, in place (SPEC 3).
+    """AdaIN replacement of the high band, in place (method §3).
 
     spec_ptr: [P, H, WH, 2] float32, edited in place; mu_s, sigma_s (own statistics),
     mu_hat, sigma_hat (targets): [P] float32. Grid: (P, cdiv(H*WH, BLOCK)); each
@@ -189,7 +189,7 @@ def _shr_apply_kernel(spec_ptr, mu_s_ptr, sigma_s_ptr, mu_hat_ptr, sigma_hat_ptr
         new_amp = tl.maximum((amp - mu_s) * scale + mu_hat, 0.0)
         nonzero = amp > 0
         factor = new_amp / tl.where(nonzero, amp, 1.0)
-        # Keep the phase; an exactly-zero coefficient takes phase 0 (SPEC 3).
+        # Keep the phase; an exactly-zero coefficient takes phase 0 (method §3).
         new_re = tl.where(nonzero, re * factor, new_amp)
         new_im = tl.where(nonzero, im * factor, 0.0)
     else:
@@ -240,42 +240,19 @@ def _stats_launch(view: torch.Tensor, h: int, w: int, ratio: float, amplitude: b
     return mu, sigma
 
 
-def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex"):
-    """High-band statistics per image and channel (SPEC 2), Triton.
-
-    x: [B, C, H, W] float (CUDA, or CPU under TRITON_INTERPRET=1).
-    Returns: mu [B, C] float32, sigma [B, C] float32.
-    """
-    _check_domain(domain)
-    _check_ratio(ratio)
-    if x.dim() != 4:
-        raise ValueError(f"x must be [B, C, H, W], got shape {tuple(x.shape)}")
-    check_triton_device(x)
-    b, c, h, w = x.shape
+def _stats(x: torch.Tensor, ratio: float, amplitude: bool):
+    """x: [B, C, H, W] -> mu, sigma [B * C] float32."""
+    h, w = x.shape[-2:]
     _, view = _half_spectrum(x)
-    mu, sigma = _stats_launch(view, h, w, ratio, domain == "amplitude")
-    return mu.view(b, c), sigma.view(b, c)
+    return _stats_launch(view, h, w, ratio, amplitude)
 
 
-def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
-        eps_mu: torch.Tensor, eps_sigma: torch.Tensor,
-        ratio: float = 0.5, domain: str = "complex") -> torch.Tensor:
-    """Statistic High-frequency Replacement (SPEC 3), Triton.
-
-    x: [B, C, H, W] float; mu_bank, sigma_bank: [B, K, C]; eps_mu, eps_sigma: [B, C]
-    (any device: moved to x's). Returns: x_hat [B, C, H, W] float32, not clipped.
-    """
-    check_shr_args(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio, domain)
-    check_triton_device(x)
+def _apply(x: torch.Tensor, mu_hat: torch.Tensor, sigma_hat: torch.Tensor, ratio: float,
+           amplitude: bool) -> torch.Tensor:
+    """x: [B, C, H, W]; mu_hat, sigma_hat: [B * C] float32. Returns: x_hat float32."""
     b, c, h, w = x.shape
-    amplitude = domain == "amplitude"
     spec, view = _half_spectrum(x)
     mu_s, sigma_s = _stats_launch(view, h, w, ratio, amplitude)
-    dev = x.device
-    mu_hat, sigma_hat = bank_targets(mu_bank.to(dev), sigma_bank.to(dev),
-                                     eps_mu.to(dev), eps_sigma.to(dev))
-    mu_hat = mu_hat.float().reshape(-1).contiguous()
-    sigma_hat = sigma_hat.float().reshape(-1).contiguous()
     planes, wh = b * c, view.shape[3]
     if planes:
         lim_u, lim_v = _band_limits(h, w, float(ratio))
@@ -286,3 +263,16 @@ def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
                                 AMPLITUDE=amplitude, BLOCK=block,
                                 num_warps=FREREC_TRITON_SHR_APPLY_WARPS)
     return torch.fft.irfft2(spec, s=(h, w), norm="ortho")
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    check_triton_device(t)
+
+
+# Registered as frerec::band_stats_triton and frerec::shr_triton (fast/registration.py):
+# band_stats(x [B, C, H, W]) -> mu, sigma [B, C] float32; shr(x, mu_bank, sigma_bank,
+# eps_mu, eps_sigma) -> x_hat [B, C, H, W] float32, not clipped (method §2-3).
+band_stats, shr = register_spectral_ops("triton", ("cpu", "cuda"), _stats, _apply,
+                                        _check_device)
+
+OPS = {"band_stats": band_stats, "shr": shr}

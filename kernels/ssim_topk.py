@@ -1,47 +1,16 @@
-"""All-pairs SSIM and exact SSIM top-K as Triton kernels (SPEC 4).
+"""All-pairs SSIM and exact SSIM top-K as Triton kernels (method §4).
 
-SSIM as in ``frerec_fast.ssim``: Gaussian window 11x11 (sigma 1.5, the float32 taps
+SSIM as in ``frerec_fast.reference.ssim``: Gaussian window 11x11 (sigma 1.5, the float32 taps
 of ``ssim.gaussian_window``), valid region, population covariance, C1 = 0.01^2,
 C2 = 0.03^2, data range 1, mean of the SSIM map.
 
-What runs where:
-
-1. Host (torch): each image set is copied once to a **pixel-major** layout
-   ``[h*w, N]`` (image index fastest), so that a kernel reading one pixel of a block
-   of images issues one contiguous, coalesced load.
-2. ``_local_stats_kernel`` (Triton; lanes = images): the local mean ``mu`` and the
-   local second moment ``E[y^2]`` by a separable valid Gaussian filter, written as
-   three maps ``[h'*w', N]``: ``M = mu``, ``A = mu^2 + C1/2``, ``V = var + C2/2``
-   (the per-image halves of SSIM's denominator, so that a pair's denominator is
-   ``(A_q + A_n) * (V_q + V_n)``). One code path for every image, whatever its position
-   or chunk, so exact duplicate images get bit-identical statistics and hence
-   bit-identical scores: exact ties stay ties and go to the lower index. (torch's
-   batched matmul may pick a different GEMM kernel for a differently sized last chunk,
-   which does not guarantee that.)
-3. ``_ssim_pairs_kernel`` (Triton): one program per (block of ``BN`` database images,
-   block of ``BQ`` queries). For every pair in the ``[BQ, BN]`` tile it computes the
-   windowed cross term ``E[x*y]`` with the separable filter **in registers** (the
-   product images ``x*y`` are never written), turns it into the SSIM map value at each
-   valid position, and sums the map, writing only the ``[BQ, BN]`` mean SSIM.
-   Separable filtering in registers: the program walks the output columns ``j``; for
-   each it streams the input rows ``r``, forms the horizontal sum
-   ``H_r = sum_b g_b x[r, j+b] y[r, j+b]`` as 11 outer products of a ``[BQ]`` and a
-   ``[BN]`` vector, and adds ``g_k * H_r`` into 11 rolling accumulators, the first of
-   which then holds the finished vertical sum for output row ``r - 10``.
-4. Top-K: ``ssim_topk`` runs the pair kernel over database chunks of
-   ``FREREC_TRITON_SSIM_DB_CHUNK`` images, so only a ``[Q, chunk]`` score block exists
-   at a time (never the full ``Q x N`` matrix), and merges each block into the running
-   per-query selection on the host with ``frerec_fast.ssim.chunked_topk`` /
-   ``merge_topk`` (stable sort: ties to the lower index; self-exclusion by masking the
-   block to -inf). The merge is NOT fused into the kernel; the scores are.
-
-Precision: float32 throughout, as the torch reference. Each cross term is 11 + 11
-float32 multiply-adds (relative error ~1e-7); the SSIM map is summed per output column
-(h' terms) and then over columns (w' terms), which keeps the summation error near
-``(h' + w') * 2^-24`` rather than ``h' * w' * 2^-24``. Measured against float64 SSIM
-(scikit-image, and a float64 NumPy reference): at most ~2e-6 off, the same size as the
-torch reference's own float32 error (both lose ~1e-6 in ``var = E[y^2] - mu^2``);
-tests/test_triton_ssim.py asserts 2e-5 absolute and "at most twice torch's error".
+Two kernels: ``_local_stats_kernel`` (per image, the local mean and variance maps, on a
+pixel-major ``[h*w, N]`` copy) and ``_ssim_pairs_kernel`` (per tile of ``BQ`` queries x
+``BN`` database images, the windowed cross term filtered in registers, never writing a
+product image, reduced to the tile's mean SSIM). Top-K scores database chunks and merges
+them on the host with the reference's ``chunked_topk`` (ties to the lower index). Why
+this layout, the precision argument and the GPU performance notes: docs/architecture.md
+section 5.2.
 
 Block sizes (environment variables, powers of two, read at import):
 
@@ -49,16 +18,6 @@ Block sizes (environment variables, powers of two, read at import):
   (default 32) database images per program, ``FREREC_TRITON_SSIM_WARPS`` (default 4).
 - ``FREREC_TRITON_SSIM_STATS_BLOCK`` (default 128) images per statistics program.
 - ``FREREC_TRITON_SSIM_DB_CHUNK`` (default 4096) database images per top-K chunk.
-
-GPU performance notes (the interpreter cannot show these; see the report of issue 7):
-per pair and output pixel the kernel does about 11 (horizontal, amortised) + 11
-(vertical) FMAs, 11 register moves for the rolling window, and ~12 flops plus one
-division for the SSIM map; loads are ``(BQ + BN)`` floats per 11 * BQ * BN FMAs, served
-from L1/L2 because consecutive columns reuse 10 of 11 loaded columns. Register budget
-at 32x32 and 4 warps: 13 loop-carried ``[32, 32]`` float32 tiles = ~104 registers per
-thread; 64x64 tiles would spill. Untried optimisations: unrolling the row loop by 11
-so the rolling window needs no moves, compile-time taps, and ``tl.dot`` in
-``tf32x3`` precision for the horizontal sums.
 """
 from __future__ import annotations
 
@@ -66,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from frerec_fast.ssim import C1, C2, WIN, check_luma, chunked_topk, gaussian_window
+from frerec_fast.fast.registration import register_ssim_ops
+from frerec_fast.reference.checks import WIN
+from frerec_fast.reference.ssim import C1, C2, chunked_topk, gaussian_window
 from .utils import check_triton_device, env_pow2, pick_block
 
 FREREC_TRITON_SSIM_BLOCK_Q = env_pow2("FREREC_TRITON_SSIM_BLOCK_Q", 32, hi=256)
@@ -75,7 +36,7 @@ FREREC_TRITON_SSIM_WARPS = env_pow2("FREREC_TRITON_SSIM_WARPS", 4, hi=32)
 FREREC_TRITON_SSIM_STATS_BLOCK = env_pow2("FREREC_TRITON_SSIM_STATS_BLOCK", 128, hi=4096)
 FREREC_TRITON_SSIM_DB_CHUNK = env_pow2("FREREC_TRITON_SSIM_DB_CHUNK", 4096, hi=1 << 24)
 
-assert WIN == 11, "the kernels hard-code the 11-tap window of SPEC 4"
+assert WIN == 11, "the kernels hard-code the 11-tap window of method §4"
 
 
 # ---------------------------------------------------------------------------------
@@ -430,22 +391,8 @@ def _pair_scores(q_img, q_maps, d_img, d_maps, h: int, w: int, taps, out: torch.
     return out
 
 
-def _check_pair(q: torch.Tensor, db: torch.Tensor) -> None:
-    check_luma("q", q)
-    check_luma("db", db)
-    if q.shape[-2:] != db.shape[-2:]:
-        raise ValueError(f"queries are {tuple(q.shape[-2:])} but the database is "
-                         f"{tuple(db.shape[-2:])}: SSIM needs one size")
-    check_triton_device(q)
-
-
-def ssim_matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
-    """All-pairs SSIM, Triton (see ``frerec_fast.ssim_matrix``).
-
-    q: [Q, 1, h, w] luma in [0, 1] (CUDA, or CPU under TRITON_INTERPRET=1);
-    db: [N, 1, h, w] (moved to q's device). Returns: [Q, N] float32.
-    """
-    _check_pair(q, db)
+def _matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """q: [Q, 1, h, w]; db: [N, 1, h, w] (moved to q's device). Returns: [Q, N] float32."""
     h, w = q.shape[-2:]
     taps = _taps(q.device)
     q_img, q_maps = _prepare(q, q.device, taps)
@@ -454,17 +401,10 @@ def ssim_matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
     return _pair_scores(q_img, q_maps, d_img, d_maps, h, w, taps, out)
 
 
-def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-              db_chunk: int = FREREC_TRITON_SSIM_DB_CHUNK):
-    """Exact top-k by SSIM, Triton scores + host merge (see ``frerec_fast.ssim_topk``).
-
-    q: [Q, 1, h, w]; db: [N, 1, h, w] (may live on another device: each chunk is moved
-    to q's device as it is scored); exclude: optional [Q] int64 database index per query
-    (-1: none). k is clamped with ``clamp_k``. Peak extra memory: the query copies
-    (4 maps of [h*w or h'*w', Q]), one chunk's copies, and one [Q, db_chunk] score block.
-    Returns: scores [Q, k] float32 descending, idx [Q, k] int64 (ties: lower index).
-    """
-    _check_pair(q, db)
+def _topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None,
+          db_chunk: int):
+    """Triton scores + host merge. Peak extra memory: the query copies (4 maps of
+    [h*w or h'*w', Q]), one chunk's copies, and one [Q, db_chunk] score block."""
     h, w = q.shape[-2:]
     dev = q.device
     taps = _taps(dev)
@@ -476,3 +416,14 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
         return _pair_scores(q_img, q_maps, d_img, d_maps, h, w, taps, out)
 
     return chunked_topk(score_block, q.shape[0], db.shape[0], k, exclude, db_chunk, dev)
+
+
+def _check_device(t: torch.Tensor, name: str) -> None:
+    check_triton_device(t)
+
+
+# Registered as frerec::ssim_matrix_triton and frerec::ssim_topk_triton
+# (fast/registration.py), with the reference's signatures and checks.
+OPS = register_ssim_ops("triton", ("cpu", "cuda"), _matrix, _topk, _check_device,
+                        db_chunk=FREREC_TRITON_SSIM_DB_CHUNK)
+ssim_matrix, ssim_topk = OPS["ssim_matrix"], OPS["ssim_topk"]

@@ -75,10 +75,10 @@ sys.exit(0 if _ext.has_cuda_ext() else 1)
 "
 
 PYTEST="$PY -m pytest -p no:cacheprovider -q -rfEs --device=cuda"
-# The kernels first: every fast backend against the torch reference, on the GPU.
-step kernel_tests "${BUDGET_KERNELS:-180}" $PYTEST tests/test_backends.py tests/test_cuda_ssim.py \
-  tests/test_triton_shr.py tests/test_triton_ssim.py tests/test_triton_ring_pool.py \
-  tests/test_ring_pool.py tests/test_cpp_ring_pool.py tests/test_spectral.py tests/test_ssim.py \
+# The kernels first: the op conformance suite (every backend and dtype against the NumPy
+# oracles) on the GPU, then the modules and ops that use them.
+step kernel_tests "${BUDGET_KERNELS:-180}" $PYTEST tests/ops tests/test_backends.py \
+  tests/test_fesa_backends.py tests/test_ring_pool.py tests/test_spectral.py tests/test_ssim.py \
   tests/test_prefilter.py tests/test_precision.py
 
 # Issue 6's number: paper-size RHM at 256x256, end to end against the engine alone.

@@ -35,7 +35,7 @@ fi
 # torch (2.N <-> 0.(N+15)), so that pip never swaps the torch above for another one.
 TV=$("$VENV/bin/python" -c "import torch; m = int(torch.__version__.split('.')[1]); print(f'0.{m + 15}.*')")
 $PIP install -q "torchvision==$TV"
-# NVRTC alone (no GPU needed): tests/test_nvrtc_compile.py compiles the .cu files as
+# NVRTC alone (no GPU needed): tests/toolchain/test_nvrtc_compile.py compiles the .cu files as
 # the CuPy backend does at run time. Only into this CPU venv, never into a CUDA torch
 # environment, whose own NVRTC torch pins.
 $PIP install -q nvidia-cuda-nvrtc==13.0.88

@@ -5,7 +5,7 @@ synthetic images, every number comes from files written by ``calibrate_dir``:
   * clean pass-through: the RHM alone (shr=False) on clean held-out real images, PSNR;
   * restoration: SHR then RHM on held-out real images (self-excluded), PSNR vs clean;
   * on the synthetic images, for SHR alone and full FreRec: PSNR/SSIM vs the input and
-    the SPEC 8 high-band and all-radii gaps under both protocols: "against raw real"
+    the method §8 high-band and all-radii gaps under both protocols: "against raw real"
     (vs the raw held-out real images) and "deployed" (vs the held-out real images
     calibrated the same way); the raw synthetic gap is the baseline.
 
@@ -38,7 +38,7 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
     t0 = time.perf_counter()
     index = ff.build_index(real_train, out / "index", progress=False)
     ratio = index.config.ratio
-    # One K for both sets: real images are calibrated with self-exclusion (SPEC 6), which
+    # One K for both sets: real images are calibrated with self-exclusion (method §6), which
     # caps K at the index size minus one.
     k = min(k, len(index) - 1)
     run = dict(index=index, device="cpu", seed=seed, k=k, progress=False, resume=True)

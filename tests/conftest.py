@@ -1,4 +1,5 @@
-"""Shared fixtures and options: --device selects where device-aware tests run."""
+"""Shared fixtures and options: --device selects where device-aware tests run, --dtype
+which dtype the dtype-parametrised tests (the op conformance suite, tests/ops) run."""
 import os
 
 import pytest
@@ -10,9 +11,45 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# The dtypes a test can be parametrised over with @pytest.mark.dtypes(...), by torch name.
+DTYPES = ("float16", "bfloat16", "float32", "float64", "uint8")
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
                      help="device for device-aware tests (cuda needs a GPU)")
+    parser.addoption("--dtype", default="all", choices=("all",) + DTYPES,
+                     help="run the dtype-parametrised cases of this dtype only (default: all); "
+                          "tests without a dtype parameter run as usual")
+
+
+def pytest_generate_tests(metafunc):
+    """``@pytest.mark.dtypes("float32", "float64")`` parametrises the test's ``dtype``
+    argument with those torch dtypes (ids are the names); ``--dtype`` then keeps one."""
+    marker = metafunc.definition.get_closest_marker("dtypes")
+    if marker is None or "dtype" not in metafunc.fixturenames:
+        return
+    names = marker.args or DTYPES
+    unknown = sorted(set(names) - set(DTYPES))
+    if unknown:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: unknown dtypes {unknown}; "
+                                f"known: {DTYPES}")
+    metafunc.parametrize("dtype", [getattr(torch, n) for n in names], ids=list(names))
+
+
+def _deselect_other_dtypes(config, items) -> None:
+    """--dtype NAME: drop every test whose ``dtype`` parameter is another torch dtype."""
+    chosen = config.getoption("--dtype")
+    if chosen == "all":
+        return
+    keep, drop = [], []
+    for it in items:
+        value = getattr(it, "callspec", None) and it.callspec.params.get("dtype")
+        other = isinstance(value, torch.dtype) and str(value) != f"torch.{chosen}"
+        (drop if other else keep).append(it)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture
@@ -53,9 +90,12 @@ def _interpreter_problem() -> str | None:
     return None if int(out) == 3 else "Triton's interpreter computed a wrong probe result"
 
 
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection: probe only for what will run
 def pytest_collection_modifyitems(config, items):
-    triton_items = [it for it in items if it.path.name.startswith("test_triton_")
-                    and it.path.name != "test_triton_compile.py"]
+    _deselect_other_dtypes(config, items)
+    # Tests (or parametrisations) that run Triton kernels carry @pytest.mark.triton; the
+    # ahead-of-time compile checks (tests/toolchain) do not, as they need no interpreter.
+    triton_items = [it for it in items if it.get_closest_marker("triton") is not None]
     if not triton_items:
         return
     why = _interpreter_problem()

@@ -1,4 +1,4 @@
-"""Independent float64 NumPy implementation of SPEC sections 1-3, written literally
+"""Independent float64 NumPy implementation of method §1-3, written literally
 (fftshift, centred frequency grid, full spectrum) so that it shares no code or
 shortcut with the package under test."""
 import numpy as np

@@ -1,5 +1,6 @@
-"""Shared inputs of the ring-pooling backend tests (C++, Triton, CUDA vs the torch
-reference): the map/batch cases, tolerances and the test spectrum."""
+"""Shared inputs of the ring-pooling tests: the map/batch cases and the test spectrum
+(tests/ops/test_ring_*.py), and the fast-vs-reference pairs of the emulated CUDA kernels
+(tests/toolchain/test_cuda_emulated.py) with their tolerances."""
 import torch
 
 # (h, w_half, n_rings, n_sectors, batch, channels): odd and non-square maps, 1xN / Nx1 /
@@ -41,7 +42,7 @@ def pool_scatter_pair(pool, scatter, h, w_half, n_rings, n_sectors, b,
     Returns (fast, ref), each (pool output, grad of the amplitude, scatter output,
     grad of the values).
     """
-    from frerec_fast.model.ring_pool import ring_pool, ring_scatter, ring_sector_index
+    from frerec_fast.reference.rings import ring_pool, ring_scatter, ring_sector_index
 
     idx = ring_sector_index(h, w_half, n_rings, n_sectors, device=device)
     n_bins = n_rings * n_sectors
@@ -66,7 +67,7 @@ def amplitude_pool_pair(fused, re0, im0, idx, n_bins, up):
 
     Returns (fast, ref), each (output, grad of re, grad of im).
     """
-    from frerec_fast.model.fesa import ring_pool_amplitude
+    from frerec_fast.reference.rings import ring_pool_amplitude
 
     outs = []
     for fn in (fused, ring_pool_amplitude):
@@ -75,22 +76,3 @@ def amplitude_pool_pair(fused, re0, im0, idx, n_bins, up):
         (out * up).sum().backward()
         outs.append((out.detach(), re.grad, im.grad))
     return outs[0], outs[1]
-
-
-def gradcheck_ring_ops(fns, h, w_half, batch, channels, device="cpu", fast_mode=False):
-    """gradcheck (float64) of a backend's ring_pool, ring_scatter and fused
-    ring_pool_amplitude on an [h, w_half] map of 2 rings x 3 sectors (6 bins)."""
-    from frerec_fast.model.ring_pool import ring_sector_index
-
-    idx = ring_sector_index(h, w_half, 2, 3, device=device)
-    kw = dict(dtype=torch.float64, device=device)
-    amp = torch.rand(batch, h, w_half, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: fns["ring_pool"](a, idx, 6), (amp,))
-    vals = torch.randn(2, 6, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda v: fns["ring_scatter"](v, idx), (vals,))
-    # Away from X = 0 (where |X| is not differentiable) the fused op checks too.
-    re = (torch.rand(2, channels, h, w_half, **kw) + 0.5).requires_grad_()
-    im = torch.randn(2, channels, h, w_half, **kw).requires_grad_()
-    assert torch.autograd.gradcheck(lambda r, i: fns["ring_pool_amplitude"](r, i, idx, 6),
-                                    (re, im), fast_mode=fast_mode)
-    return amp, idx

@@ -1,4 +1,4 @@
-"""Independent SSIM oracles shared by the backend tests (SPEC 4): scikit-image, a float64
+"""Independent SSIM oracles shared by the backend tests (method §4): scikit-image, a float64
 NumPy formula, a brute-force top-K sort, and the test image generator. Nothing here
 calls frerec_fast's SSIM code."""
 import numpy as np
@@ -30,7 +30,7 @@ def _band64(n):
 
 
 def f64_matrix(q, db):
-    """All-pairs SSIM in float64 NumPy (the SPEC 4 formula), as fast as a few matrix
+    """All-pairs SSIM in float64 NumPy (the method §4 formula), as fast as a few matrix
     products so that large cases need not call skimage per pair; checked against
     skimage in test_f64_reference_matches_skimage. q: [Q,1,h,w], db: [N,1,h,w] -> [Q, N]."""
     x = np.asarray(q.cpu()[:, 0], np.float64)

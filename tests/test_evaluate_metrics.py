@@ -1,6 +1,6 @@
 """frerec eval's maths against independent computations: AUC, accuracy and F1 against
 scikit-learn, the Fréchet distance against an eigenvalue formula, the frequency gaps
-against a NumPy implementation of SPEC 8, AFA's spectrum, and the training budget."""
+against a NumPy implementation of method §8, AFA's spectrum, and the training budget."""
 import math
 
 import numpy as np
@@ -101,7 +101,7 @@ def test_bootstrap_interval_and_mean_std():
 
 
 def _np_profile(x: np.ndarray) -> np.ndarray:
-    """SPEC 8 in NumPy: luma power spectrum (ortho), mean over integer radii
+    """method §8 in NumPy: luma power spectrum (ortho), mean over integer radii
     round(sqrt(fu^2 + fv^2)) (half away from zero) <= floor(min(H, W)/2), log10, mean over images."""
     y = x[:, 0] if x.shape[1] == 1 else (x * np.array([0.299, 0.587, 0.114])[None, :, None, None]).sum(1)
     h, w = y.shape[-2:]

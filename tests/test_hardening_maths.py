@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) of the public maths (SPEC 9): shapes and dtypes,
+"""Property-based tests (hypothesis) of the public maths (method §9): shapes and dtypes,
 constant images, tiny and odd sizes, agreement of the CPU backends, and NaN/Inf refused
 with a ValueError naming the argument. The "ci" profile (tests/conftest.py) keeps CI
 bounded; HYPOTHESIS_PROFILE=dev explores more."""
@@ -13,7 +13,8 @@ from hypothesis import given, strategies as st  # noqa: E402
 
 import frerec_fast as ff  # noqa: E402
 from frerec_fast import backends  # noqa: E402
-from frerec_fast.spectral import band_is_empty, high_band_mask  # noqa: E402
+from frerec_fast.reference.checks import band_is_empty
+from frerec_fast.reference.spectral import high_band_mask  # noqa: E402
 
 import npref  # noqa: E402
 
@@ -112,7 +113,7 @@ def test_shr_with_its_own_statistics_is_the_identity(x, ratio, domain, seed):
         y = ff.shr(x, mu[:, None], sigma[:, None], zero, zero, ratio, domain, backend=be)
         assert y.shape == x.shape and y.dtype == torch.float32
         torch.testing.assert_close(y, x, atol=2e-4, rtol=0)
-    # Any bank: finite, same shape, and the low band is left as it was (SPEC 3).
+    # Any bank: finite, same shape, and the low band is left as it was (method §3).
     g = torch.Generator().manual_seed(seed)
     k = 1 + seed % 4
     mb, sb = torch.randn(b, k, c, generator=g), torch.rand(b, k, c, generator=g)
@@ -292,7 +293,7 @@ def test_the_calibrator_skips_the_value_checks_it_has_made_upstream(tmp_path, mo
     from frerec_fast import ops
     from frerec_fast.datasets import real_dir, synthetic_dir
     from frerec_fast.pipeline import calibrate_dir
-    from frerec_fast.spectral import checks_skipped, inputs_checked_upstream
+    from frerec_fast.reference.checks import checks_skipped, inputs_checked_upstream
     skipped = []
     real = ops.require_finite
     monkeypatch.setattr(ops, "require_finite", lambda **t: (skipped.append(checks_skipped()),

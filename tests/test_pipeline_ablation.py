@@ -1,5 +1,5 @@
 """calibrate_dir's ablation switch (shr=False: the RHM on the decoded input, paper Table 3)
-and the protocol its frequency-gap report names (SPEC 8)."""
+and the protocol its frequency-gap report names (method §8)."""
 from pathlib import Path
 
 import numpy as np

@@ -1,13 +1,14 @@
 """Prefilter SSIM top-K (frerec_fast/prefilter.py): exact when every image is a
 candidate, measured recall@K on structured images otherwise, self-exclusion, K
-clamping, ties and chunking (SPEC 4). The exact reference is the torch
+clamping, ties and chunking (method §4). The exact reference is the torch
 ``ssim_topk_torch``, itself tested against scikit-image in tests/test_ssim.py."""
 import numpy as np
 import pytest
 import torch
 
 from frerec_fast import prefilter as pf
-from frerec_fast.ssim import ssim_matrix_torch, ssim_topk_torch
+import frerec_fast.reference.ssim as ref_ssim
+from frerec_fast.reference.ssim import ssim_matrix as ssim_matrix_torch, ssim_topk as ssim_topk_torch
 from marks import needs_cpp
 
 
@@ -261,7 +262,7 @@ def test_cpp_ssim_pairs_matches_matrix_and_reference():
     got = cpp_pairs(q, db, cand)
     full = cpp_matrix(q, db)
     np.testing.assert_array_equal(got.numpy(), full.gather(1, cand).numpy())  # bit-identical
-    np.testing.assert_allclose(got.numpy(), pf.ssim_pairs_torch(q, db, cand).numpy(),
+    np.testing.assert_allclose(got.numpy(), ref_ssim.ssim_pairs(q, db, cand).numpy(),
                                rtol=0, atol=5e-6)
     with pytest.raises(RuntimeError, match="outside"):
         cpp_pairs(q, db, cand + 40)

@@ -1,4 +1,4 @@
-"""calibrate_dir with retrieval="prefilter" (SPEC 4's approximate mode inside the
+"""calibrate_dir with retrieval="prefilter" (method §4's approximate mode inside the
 job): same neighbours as exact mode when every index image is a candidate, the
 recall@k it reports checked against the reference ops, fingerprint, CLI, errors."""
 import os
@@ -14,7 +14,7 @@ from frerec_fast import io as fio
 from frerec_fast import prefilter as pf
 from frerec_fast.datasets import real_dir
 from frerec_fast.pipeline import calibrate_dir
-from frerec_fast.ssim import ssim_topk_torch
+from frerec_fast.reference.ssim import ssim_topk as ssim_topk_torch
 from run_helpers import copy_synth_sample, one_thread, png_digests  # noqa: F401
 
 K, MICRO = 20, 4
@@ -93,6 +93,7 @@ def test_cli_and_errors(setup, tmp_path):
         _run(src, tmp_path / "x", index, candidates=100)
 
 
+@pytest.mark.triton  # runs the Triton kernels (the interpreter on CPU)
 def test_prefilter_with_a_backend_that_has_no_rerank_op(setup, tmp_path):
     """backend="triton" has no "ssim_pairs" op: the short list is re-ranked by the
     fastest op here and the report names it; every file still succeeds. (A 10-image

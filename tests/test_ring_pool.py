@@ -1,12 +1,14 @@
-"""Ring/sector pooling: the bin map against an independent construction from its documented
-definition, pooling and scattering against brute-force loops, and autograd."""
+"""Ring/sector pooling's bin map against an independent construction from its documented
+definition, and the fast backends' cached CSR plan of a map. The ring ops of every
+backend: tests/ops/test_ring_pool.py, test_ring_scatter.py, test_ring_pool_amplitude.py."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from frerec_fast.model import ring_pool, ring_scatter, ring_sector_index
+from frerec_fast.fast.ring_plan import ring_plan
+from frerec_fast.reference.rings import ring_sector_index
 
 SIZES = [(1, 1), (2, 2), (5, 1), (8, 5), (37, 23), (64, 33), (45, 19)]
 
@@ -72,65 +74,13 @@ def test_index_cached_and_checked():
         ring_sector_index(0, 3, 4, 8)
 
 
-def brute_pool(amp, idx, n_bins):
-    b = amp.shape[0]
-    out = np.zeros((b, n_bins))
-    for k in range(n_bins):
-        sel = idx == k
-        if sel.any():
-            out[:, k] = amp[:, sel].mean(axis=1)
-    return out
-
-
-@pytest.mark.parametrize("h,w_half,n_rings,n_sectors", [(8, 5, 4, 6), (37, 23, 16, 32), (3, 2, 16, 32)])
-def test_pool_matches_brute_force(h, w_half, n_rings, n_sectors):
-    g = torch.Generator().manual_seed(0)
-    amp = torch.rand(3, h, w_half, generator=g)
-    idx = ring_sector_index(h, w_half, n_rings, n_sectors)
-    n_bins = n_rings * n_sectors
-    got = ring_pool(amp, idx, n_bins)
-    assert got.shape == (3, n_bins)
-    want = brute_pool(amp.double().numpy(), idx.numpy(), n_bins)
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
-    empty = np.bincount(idx.numpy().ravel(), minlength=n_bins) == 0
-    if h * w_half < n_bins:
-        assert empty.any()
-    assert (got[:, torch.from_numpy(empty)] == 0).all()
-
-
-def test_scatter_matches_loop():
-    g = torch.Generator().manual_seed(1)
-    idx = ring_sector_index(9, 6, 4, 6)
-    vals = torch.randn(2, 24, generator=g)
-    got = ring_scatter(vals, idx)
-    assert got.shape == (2, 9, 6)
-    for b in range(2):
-        for i in range(9):
-            for j in range(6):
-                assert got[b, i, j] == vals[b, idx[i, j]]
-
-
-def test_pool_of_scatter_is_identity_on_populated_bins():
-    idx = ring_sector_index(32, 17, 8, 16)
-    vals = torch.randn(2, 128)
-    back = ring_pool(ring_scatter(vals, idx), idx, 128)
-    populated = torch.bincount(idx.reshape(-1), minlength=128) > 0
-    torch.testing.assert_close(back[:, populated], vals[:, populated])
-
-
-def test_gradcheck_pool_and_scatter():
-    idx = ring_sector_index(6, 4, 3, 4)
-    amp = torch.rand(2, 6, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a: ring_pool(a, idx, 12), (amp,))
-    vals = torch.randn(2, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v: ring_scatter(v, idx), (vals,))
-
-
-def test_bad_inputs_raise():
-    idx = ring_sector_index(8, 5, 4, 6)
-    with pytest.raises(ValueError):
-        ring_pool(torch.rand(2, 8, 4), idx, 24)
-    with pytest.raises(TypeError):
-        ring_pool(torch.rand(2, 8, 5), idx.int(), 24)
-    with pytest.raises(ValueError):
-        ring_scatter(torch.rand(2, 3, 24), idx)
+def test_plan_is_cached_and_tracks_in_place_edits():
+    idx = torch.tensor([[0, 1, 1], [2, 0, 1]])
+    p1 = ring_plan(idx, 4)
+    assert ring_plan(idx, 4) is p1
+    assert p1.offsets.tolist() == [0, 2, 5, 6, 6] and p1.max_count == 3
+    assert p1.order.tolist() == [0, 4, 1, 2, 5, 3]          # ascending inside each bin
+    idx[0, 0] = 3                                            # in-place edit: a new plan
+    p2 = ring_plan(idx, 4)
+    assert p2 is not p1 and p2.offsets.tolist() == [0, 1, 4, 5, 6]
+    assert ring_plan(idx, 5) is not p2                       # n_bins is part of the key

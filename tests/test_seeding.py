@@ -1,4 +1,4 @@
-"""Per-image noise depends only on (seed, relative path), never on batch order (SPEC 7)."""
+"""Per-image noise depends only on (seed, relative path), never on batch order (method §7)."""
 import torch
 
 from frerec_fast.seeding import image_seed, normalise_relpath, sample_eps

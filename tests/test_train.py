@@ -1,4 +1,4 @@
-"""RHM training (SPEC 5): the loop learns, resume is bit-exact, checkpoints and the CLI work.
+"""RHM training (method §5): the loop learns, resume is bit-exact, checkpoints and the CLI work.
 
 Everything runs on a few tiny real images (a subset of the bundled real set) with the
 "tiny" model preset, on CPU with one thread so that results are reproducible.
@@ -167,7 +167,7 @@ def test_training_after_calibration_in_the_same_process(tmp_path, data):
     cached map for backward)."""
     from frerec_fast.model import RHM, rhm_loss
     from frerec_fast.model.fesa import set_ring_backend
-    from frerec_fast.model.ring_pool import ring_sector_index
+    from frerec_fast.reference.rings import ring_sector_index
 
     cfg = TINY.replace(n_rings=3, n_sectors=5)  # sizes no other test has cached yet
     with torch.inference_mode():

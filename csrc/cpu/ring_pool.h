@@ -1,4 +1,4 @@
-// Ring/sector pooling of FESA's frequency branch (SPEC 5), CPU, raw pointers.
+// Ring/sector pooling of FESA's frequency branch (method §5), CPU, raw pointers.
 // No torch headers: the same code is linked into the Python extension and the ctest binary.
 //
 // The bin map comes from the host (frerec_fast/fast/ring_plan.py): `index` [H*Wh] int32,

@@ -9,7 +9,7 @@ namespace frerec {
 namespace {
 
 // Per-row / per-column "inside the low band" flags; a position is high-band unless
-// both its row and its column are low (SPEC 1: |fu| < r*H/2 and |fv| < r*W/2).
+// both its row and its column are low (method §1: |fu| < r*H/2 and |fv| < r*W/2).
 struct Band {
   std::vector<char> low_row, low_col;
   std::vector<float> col_weight;  // 2 for columns whose mirror is not stored, else 1
@@ -76,7 +76,7 @@ void shr_apply_half(std::complex<float>* spec, int64_t planes, int64_t H, int64_
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t p = 0; p < planes; ++p) {
     for (int64_t u = 0; u < H; ++u) {
-      // sigma_s == 0: the normalised band is 0, so the band becomes mu_hat (SPEC 3).
+      // sigma_s == 0: the normalised band is 0, so the band becomes mu_hat (method §3).
       const double scale = sigma_s[p] > 0 ? static_cast<double>(sigma_hat[p]) / sigma_s[p] : 0.0;
       const double ms = mu_s[p], mh = mu_hat[p];
       std::complex<float>* row = spec + (p * H + u) * Wh;

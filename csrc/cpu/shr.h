@@ -1,4 +1,4 @@
-// Band statistics and SHR on an rfft2 half spectrum (SPEC 1-3), CPU, raw pointers.
+// Band statistics and SHR on an rfft2 half spectrum (method §1-3), CPU, raw pointers.
 // No torch headers: the same code is linked into the Python extension and the ctest binary.
 #pragma once
 #include <complex>

@@ -1,4 +1,4 @@
-// SSIM of every query against every database image (SPEC 4), CPU, raw pointers.
+// SSIM of every query against every database image (method §4), CPU, raw pointers.
 #pragma once
 #include <cstdint>
 

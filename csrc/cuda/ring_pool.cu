@@ -1,4 +1,4 @@
-// Ring/sector pooling of FESA's frequency branch (SPEC 5), CUDA, deterministic.
+// Ring/sector pooling of FESA's frequency branch (method §5), CUDA, deterministic.
 // Plain extern "C" kernels on raw pointers, no torch headers: the same source is
 // compiled by nvcc into frerec_fast._C (host launchers below) and at run time by
 // NVRTC through CuPy (where __CUDACC_RTC__ hides the host code).

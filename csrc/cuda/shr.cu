@@ -1,4 +1,4 @@
-// Band statistics and SHR on an rfft2 half spectrum (SPEC 1-3), CUDA.
+// Band statistics and SHR on an rfft2 half spectrum (method §1-3), CUDA.
 // Plain extern "C" kernels on raw pointers, no torch headers: the same source is
 // compiled by nvcc into frerec_fast._C (host launchers below) and at run time by
 // NVRTC through CuPy (where __CUDACC_RTC__ hides the host code).

@@ -1,4 +1,4 @@
-// All-pairs SSIM (SPEC 4), CUDA: per-image statistic maps and a pair kernel whose
+// All-pairs SSIM (method §4), CUDA: per-image statistic maps and a pair kernel whose
 // cross term E[x*y] lives in shared memory and registers only. Plain extern "C"
 // kernels on raw pointers, no torch headers: the same source is compiled by nvcc into
 // frerec_fast._C (host launchers below) and at run time by NVRTC through CuPy (where

@@ -6,7 +6,7 @@ import torch
 sys.path.insert(0, sys.argv[1])
 import _C  # noqa: E402
 
-from frerec_fast.spectral import band_stats  # noqa: E402
+from frerec_fast.reference.spectral import band_stats  # noqa: E402
 
 x = torch.rand(2, 3, 13, 10, generator=torch.Generator().manual_seed(0))
 spec = torch.fft.rfft2(x, norm="ortho").reshape(6, 13, 6).contiguous()

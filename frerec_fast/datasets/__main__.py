@@ -12,7 +12,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m frerec_fast.datasets",
                                  description="Show the shipped demo/test images and how far the "
                                              "synthetic set's spectrum is from the real one.")
-    ap.add_argument("--ratio", type=float, default=0.5, help="high-band ratio r (SPEC 8)")
+    ap.add_argument("--ratio", type=float, default=0.5, help="high-band ratio r (method §8)")
     a = ap.parse_args(argv)
     print(f"data root: {data_root()}")
     for which in SETS:

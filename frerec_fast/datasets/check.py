@@ -1,4 +1,4 @@
-"""Spectral check of the shipped sets (SPEC 8): is the synthetic set's spectrum off?
+"""Spectral check of the shipped sets (method §8): is the synthetic set's spectrum off?
 
 All shipped sets share one size (64x64), so profiles compare directly. The reference
 is the real held-out split; real-train vs held-out is the baseline gap that slices of

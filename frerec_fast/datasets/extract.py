@@ -97,7 +97,7 @@ def pad_square(slices: np.ndarray) -> np.ndarray:
 
 
 def area_resize(slices: np.ndarray, size: int) -> np.ndarray:
-    """Area (box-average) resampling of each slice, SPEC's resampling for a common size.
+    """Area (box-average) resampling of each slice, the method's resampling for a common size.
 
     slices: [Z, H, W] float32. Returns: [Z, size, size] float32.
     """

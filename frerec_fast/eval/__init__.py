@@ -1,4 +1,4 @@
-"""Diagnostics: spectral profiles of image sets and the frequency gap (SPEC 8)."""
+"""Diagnostics: spectral profiles of image sets and the frequency gap (method §8)."""
 from .quality import image_size, quality_dirs
 from .spectrum import DirProfile, load_dir, profile_dir, plot_profiles
 

@@ -1,4 +1,4 @@
-"""Image quality of calibrated outputs against their inputs (SPEC 8): PSNR and SSIM."""
+"""Image quality of calibrated outputs against their inputs (method §8): PSNR and SSIM."""
 from __future__ import annotations
 
 import math
@@ -7,13 +7,13 @@ import os
 import torch
 
 from ..spectral import psnr
-from ..ssim import ssim
+from ..reference.ssim import ssim
 from .spectrum import load_dir
 
 
 def quality_dirs(inputs: str | os.PathLike, outputs: str | os.PathLike,
                  limit: int | None = None) -> dict[str, float]:
-    """Mean PSNR (dB; identical pairs left out of the mean) and mean SSIM (luma, SPEC 4)
+    """Mean PSNR (dB; identical pairs left out of the mean) and mean SSIM (luma, method §4)
     of each output against the input with the same relative path, at the input's size.
 
     Both directories must hold the same images (as ``calibrate_dir`` writes them).

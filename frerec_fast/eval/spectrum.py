@@ -1,4 +1,4 @@
-"""Spectral profiles of whole directories (SPEC 8, paper Fig. 6).
+"""Spectral profiles of whole directories (method §8, paper Fig. 6).
 
 Sets compared must share one image size: every image is resampled to ``size``
 (area averaging when shrinking, bicubic when enlarging) before its profile is taken.

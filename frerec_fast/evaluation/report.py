@@ -53,7 +53,7 @@ def markdown(r: dict) -> str:
              f"{s['work_size'][0]}x{s['work_size'][1]} (every image resampled to it: area "
              f"averaging when shrinking, bicubic when enlarging), device {s['device']}"
              + (", quick mode" if s["quick"] else "") + ".")
-    L += ["", "## Frequency gap (SPEC 8, paper Fig. 6)", "",
+    L += ["", "## Frequency gap (method §8, paper Fig. 6)", "",
           "Mean |difference| of mean log10 radial power profiles; high band / all radii. "
           "Protocols: " + "; ".join(f"**{k}** = {v}" for k, v in sp.PROTOCOLS.items())
           + f"; **baseline** = raw synthetic vs raw real test.", "",

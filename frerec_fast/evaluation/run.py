@@ -116,7 +116,7 @@ def evaluate(real_train: str | os.PathLike, real_test: str | os.PathLike,
             else _index_for(Path(real_train), out / "index")
         bar.update()
     size, channels = tuple(idx.config.work_size), idx.config.channels
-    # One K for every split: real ones are calibrated with self-exclusion (SPEC 6), which
+    # One K for every split: real ones are calibrated with self-exclusion (method §6), which
     # caps K at the index size minus one, so the synthetic ones use that K too.
     k = min(k, len(idx) - 1)
 
@@ -319,7 +319,7 @@ def _classification_runs(raw, cal, lab, calls) -> dict:
             "AFA": (raw["real_train"], yr, raw["real_test"], yt, "afa"),
             "GDA": (torch.cat([raw["real_train"], raw["synthetic"]]), torch.cat([yr, ys]),
                     raw["real_test"], yt, None)}
-    for v in calls:  # GDA with every set calibrated by the variant (SPEC 6)
+    for v in calls:  # GDA with every set calibrated by the variant (method §6)
         name = "GDA+FreRec" if v == "full" else f"GDA+{v}"
         runs[name] = (torch.cat([cal[v]["real_train"], cal[v]["synthetic"]]), torch.cat([yr, ys]),
                       cal[v]["real_test"], yt, None)
@@ -369,7 +369,7 @@ def _classify(runs, num_classes, seeds, seed, backbone, steps, batch_size, devic
             "note": (f"{backbone} backbone, {steps} optimizer steps of {batch_size} images for "
                      f"every method (a fixed budget); test on the real test set, raw for "
                      f"RAW/AutoAugment/Mix-up/AFA/GDA, calibrated with the same variant for "
-                     f"GDA+<variant> (SPEC 6)")}
+                     f"GDA+<variant> (method §6)")}
 
 
 def _ablation_rows(report, calls, ablation_model) -> list[dict]:

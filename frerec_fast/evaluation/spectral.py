@@ -1,8 +1,8 @@
-"""Frequency gaps of ``frerec eval`` (SPEC 8, paper Fig. 6) under both named protocols.
+"""Frequency gaps of ``frerec eval`` (method §8, paper Fig. 6) under both named protocols.
 
 * baseline: raw synthetic vs raw real test images;
 * "against raw real": calibrated synthetic vs raw real test images;
-* "deployed": calibrated synthetic vs calibrated real test images (SPEC 6: everything
+* "deployed": calibrated synthetic vs calibrated real test images (method §6: everything
   that feeds a classifier is calibrated).
 
 All images are at one size (the index's working size) before profiles are taken.
@@ -19,7 +19,7 @@ BASELINE = "baseline (raw synthetic vs raw real test)"
 AGAINST_RAW = "against raw real"
 DEPLOYED = "deployed"
 PROTOCOLS = {AGAINST_RAW: "calibrated synthetic vs raw (uncalibrated) real test images",
-             DEPLOYED: "calibrated synthetic vs calibrated real test images (SPEC 6)"}
+             DEPLOYED: "calibrated synthetic vs calibrated real test images (method §6)"}
 
 
 def set_profiles(x: torch.Tensor, labels: Sequence[int] | None,

@@ -1,6 +1,6 @@
-"""Host-side plan shared by the fast ring/sector pooling backends (Triton, CUDA).
+"""Host-side plan shared by the fast ring/sector pooling backends (C++, Triton, CUDA).
 
-The reference (``model/ring_pool.py``) pools with ``scatter_add``: on a GPU that is a
+The reference (``reference/rings.py``) pools with ``scatter_add``: on a GPU that is a
 float atomic add per element, whose summation order, and so whose float result, changes
 from run to run. The fast backends pool without atomics instead, from the index map in
 CSR form, bins -> the positions they hold:
@@ -27,8 +27,6 @@ import weakref
 from dataclasses import dataclass
 
 import torch
-
-from ..model.ring_pool import _check
 
 
 @dataclass(frozen=True)
@@ -93,92 +91,6 @@ def ring_plan(index_map: torch.Tensor, n_bins: int) -> RingPlan:
     return plan
 
 
-def check_pool(amplitude: torch.Tensor, index_map: torch.Tensor, name: str = "ring_pool") -> None:
-    """The reference's argument checks for ``ring_pool`` (same exceptions and messages)."""
-    _check(amplitude, index_map, name)
-    if amplitude.dim() != 3 or amplitude.shape[1:] != index_map.shape:
-        raise ValueError(f"{name}: amplitude {tuple(amplitude.shape)} does not match "
-                         f"index_map {tuple(index_map.shape)} as [B, H, Wh]")
-    if not amplitude.is_floating_point():
-        raise TypeError(f"{name}: amplitude must be a float tensor, got {amplitude.dtype}")
-
-
-def check_scatter(values: torch.Tensor, index_map: torch.Tensor,
-                  name: str = "ring_scatter") -> None:
-    """The reference's argument checks for ``ring_scatter``."""
-    _check(values, index_map, name)
-    if values.dim() != 2:
-        raise ValueError(f"{name}: values must be [B, n_bins], got {tuple(values.shape)}")
-    if not values.is_floating_point():
-        raise TypeError(f"{name}: values must be a float tensor, got {values.dtype}")
-
-
-def check_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
-                         name: str = "ring_pool_amplitude") -> None:
-    """re, im: [B, C, H, Wh] real, same shape, dtype and device; index_map [H, Wh] int64."""
-    _check(re, index_map, name)
-    if re.shape != im.shape or re.dtype != im.dtype or re.device != im.device:
-        raise ValueError(f"{name}: re {tuple(re.shape)} {re.dtype} {re.device} and im "
-                         f"{tuple(im.shape)} {im.dtype} {im.device} must agree")
-    if re.dim() != 4 or re.shape[2:] != index_map.shape:
-        raise ValueError(f"{name}: spectrum {tuple(re.shape)} does not match index_map "
-                         f"{tuple(index_map.shape)} as [B, C, H, Wh]")
-    if not re.is_floating_point():
-        raise TypeError(f"{name}: re/im must be real float tensors, got {re.dtype}")
-
-
 def native(t: torch.Tensor) -> torch.Tensor:
     """float32/float64 as is; half precisions computed in float32 (cast back by callers)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-
-def ring_autograd(pool, scatter, amplitude_bwd):
-    """The autograd Functions (RingPool, RingScatter, RingPoolAmplitude) of a compiled
-    ring-pooling backend, from its three kernels; the C++ and CUDA backends share them.
-
-    pool(re, im, plan, amplitude, mean) -> [B, n_bins]  (re, im: [B, C, H, Wh])
-    scatter(values, plan, div_count) -> [B, H, Wh]
-    amplitude_bwd(grad, re, im, plan) -> (g_re, g_im)
-    All take float32/float64; half-precision inputs are computed in float32.
-    """
-
-    class RingPool(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, amplitude, plan):
-            ctx.plan, ctx.in_dtype = plan, amplitude.dtype
-            a4 = native(amplitude).unsqueeze(1)                     # [B, 1, H, Wh], a view
-            return pool(a4, a4, plan, False, True).to(amplitude.dtype)
-
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, grad):
-            return scatter(native(grad), ctx.plan, True).to(ctx.in_dtype), None
-
-    class RingScatter(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, values, plan):
-            ctx.plan, ctx.in_dtype = plan, values.dtype
-            return scatter(native(values), plan, False).to(values.dtype)
-
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, grad):
-            g4 = native(grad).unsqueeze(1)                           # [B, 1, H, Wh]
-            return pool(g4, g4, ctx.plan, False, False).to(ctx.in_dtype), None
-
-    class RingPoolAmplitude(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, re, im, plan):
-            ctx.plan = plan
-            ctx.save_for_backward(re, im)
-            return pool(native(re), native(im), plan, True, True).to(re.dtype)
-
-        @staticmethod
-        @torch.autograd.function.once_differentiable
-        def backward(ctx, grad):
-            re, im = ctx.saved_tensors
-            nre, nim = native(re), native(im)
-            g_re, g_im = amplitude_bwd(grad.to(nre.dtype), nre, nim, ctx.plan)
-            return g_re.to(re.dtype), g_im.to(im.dtype), None
-
-    return RingPool, RingScatter, RingPoolAmplitude

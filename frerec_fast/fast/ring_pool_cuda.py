@@ -1,8 +1,8 @@
-"""Ring/sector pooling of FESA (SPEC 5) with the CUDA kernels of ``csrc/cuda/ring_pool.cu``.
+"""Ring/sector pooling of FESA (method §5) with the CUDA kernels of ``csrc/cuda/ring_pool.cu``.
 
-Same three ops and signatures as ``frerec_fast/kernels/ring_pool.py`` (the Triton
-version, whose docstring describes the maths): ``ring_pool``, ``ring_scatter`` and the
-fused ``ring_pool_amplitude``, each an ``autograd.Function``. The kernels run from
+Same three ops and signatures as the reference (``frerec_fast/reference/rings.py``),
+registered as ``torch.library`` custom ops ``frerec::ring_*_cuda`` with autograd
+(``ring_plan.py``); the Triton version's docstring (``kernels/ring_pool.py``) gives the maths. The kernels run from
 ``frerec_fast._C`` when it was built with CUDA, else from the same source compiled by
 CuPy/NVRTC, on the current torch stream either way.
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .ring_plan import (RingPlan, check_pool, check_pool_amplitude, check_scatter,
-                        ring_autograd, ring_plan)
+from .registration import register_ring_ops
+from .ring_plan import RingPlan
 
 _WARPS = 4        # FREREC_RING_WARPS in ring_pool.cu: bins per block of the pool kernel
 _EW_BLOCK = 256   # FREREC_RING_EW_BLOCK: threads per block of the elementwise kernels
@@ -115,25 +115,11 @@ def _amplitude_bwd(grad: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan:
     return g_re, g_im
 
 
-_RingPool, _RingScatter, _RingPoolAmplitude = ring_autograd(_pool, _scatter, _amplitude_bwd)
+# Registered for every device type, and the device checked per call (by name, so
+# that the CPU emulation of the kernels, tests/toolchain/test_cuda_emulated.py, can
+# run them on CPU tensors); a CPU tensor gets _check_cuda's message.
+ring_pool, ring_scatter, ring_pool_amplitude = register_ring_ops(
+    "cuda", None, _pool, _scatter, _amplitude_bwd, lambda t, name: _check_cuda(t, name))
 
-def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> torch.Tensor:
-    """See ``frerec_fast.model.ring_pool``. amplitude: [B, H, Wh] CUDA -> [B, n_bins]."""
-    check_pool(amplitude, index_map)
-    _check_cuda(amplitude, "ring_pool")
-    return _RingPool.apply(amplitude, ring_plan(index_map, n_bins))
-
-
-def ring_scatter(values: torch.Tensor, index_map: torch.Tensor) -> torch.Tensor:
-    """See ``frerec_fast.model.ring_scatter``. values: [B, n_bins] CUDA -> [B, H, Wh]."""
-    check_scatter(values, index_map)
-    _check_cuda(values, "ring_scatter")
-    return _RingScatter.apply(values, ring_plan(index_map, values.shape[1]))
-
-
-def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
-                        n_bins: int) -> torch.Tensor:
-    """See ``frerec_fast.kernels.ring_pool.ring_pool_amplitude``. re, im: [B, C, H, Wh] CUDA."""
-    check_pool_amplitude(re, im, index_map)
-    _check_cuda(re, "ring_pool_amplitude")
-    return _RingPoolAmplitude.apply(re, im, ring_plan(index_map, n_bins))
+OPS = {"ring_pool": ring_pool, "ring_scatter": ring_scatter,
+       "ring_pool_amplitude": ring_pool_amplitude}

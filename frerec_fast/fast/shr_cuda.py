@@ -3,20 +3,22 @@
 cuFFT (through torch) does the transforms; the kernels do the statistics and the
 replacement on the half spectrum. They run from ``frerec_fast._C`` when it was
 built with CUDA, else from the same source compiled by CuPy/NVRTC, on the
-current torch stream either way.
+current torch stream either way. Registered as ``frerec::band_stats_cuda`` and
+``frerec::shr_cuda``.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _ext
-from ..spectral import _check_domain, _check_ratio, bank_targets, check_shr_args
-from .shr_cpp import _half_spectrum
+from .registration import register_spectral_ops
+from .shr_cpp import half_spectrum as _half_spectrum
 
 _BLOCK = 256
 
 
-def _stats(spec: torch.Tensor, w: int, ratio: float, amp: bool):
+def _spec_stats(spec: torch.Tensor, w: int, ratio: float, amp: bool):
+    """spec: [B*C, H, Wh] complex64 CUDA. Returns: mu, sigma [B*C] float32."""
     if _ext.has_cuda_ext():
         return _ext.ext().band_stats_half_cuda(spec, w, ratio, amp)
     import cupy as cp
@@ -34,7 +36,8 @@ def _stats(spec: torch.Tensor, w: int, ratio: float, amp: bool):
     return mu, sigma
 
 
-def _apply(spec, w, ratio, amp, mu_s, sigma_s, mu_hat, sigma_hat) -> None:
+def _spec_apply(spec, w, ratio, amp, mu_s, sigma_s, mu_hat, sigma_hat) -> None:
+    """Replaces spec's high band in place."""
     if _ext.has_cuda_ext():
         _ext.ext().shr_apply_half_cuda_(spec, w, ratio, amp, mu_s, sigma_s, mu_hat, sigma_hat)
         return
@@ -51,24 +54,31 @@ def _apply(spec, w, ratio, amp, mu_s, sigma_s, mu_hat, sigma_hat) -> None:
                  cp.asarray(mu_hat), cp.asarray(sigma_hat)))
 
 
-def band_stats(x: torch.Tensor, ratio: float = 0.5, domain: str = "complex"):
-    """See ``frerec_fast.band_stats``. x: [B, C, H, W] CUDA. Returns mu, sigma [B, C] float32."""
-    _check_domain(domain)
-    _check_ratio(ratio)
-    b, c, h, w = x.shape
-    mu, sigma = _stats(_half_spectrum(x), w, float(ratio), domain == "amplitude")
-    return mu.view(b, c), sigma.view(b, c)
+def _check_cuda(t: torch.Tensor, name: str) -> None:
+    if t.device.type != "cuda":
+        raise ValueError(f"{name}: the CUDA backend needs CUDA tensors, got {t.device} "
+                         f"(use backend='cpp' or 'torch' on CPU)")
 
 
-def shr(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio: float = 0.5, domain: str = "complex"):
-    """See ``frerec_fast.shr``. x: [B, C, H, W] CUDA -> x_hat [B, C, H, W] float32."""
-    check_shr_args(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio, domain)
+def _stats(x: torch.Tensor, ratio: float, amplitude: bool):
+    """x: [B, C, H, W] CUDA -> mu, sigma [B * C] float32."""
+    return _spec_stats(_half_spectrum(x), x.shape[-1], ratio, amplitude)
+
+
+def _apply(x: torch.Tensor, mu_hat: torch.Tensor, sigma_hat: torch.Tensor, ratio: float,
+           amplitude: bool) -> torch.Tensor:
+    """x: [B, C, H, W] CUDA; mu_hat, sigma_hat: [B * C] float32. Returns: x_hat float32."""
     b, c, h, w = x.shape
-    amp = domain == "amplitude"
     spec = _half_spectrum(x)
-    mu_s, sigma_s = _stats(spec, w, float(ratio), amp)
-    mu_hat, sigma_hat = bank_targets(mu_bank.to(x.device), sigma_bank.to(x.device),
-                                     eps_mu.to(x.device), eps_sigma.to(x.device))
-    _apply(spec, w, float(ratio), amp, mu_s, sigma_s,
-           mu_hat.float().reshape(-1).contiguous(), sigma_hat.float().reshape(-1).contiguous())
+    mu_s, sigma_s = _spec_stats(spec, w, ratio, amplitude)
+    _spec_apply(spec, w, ratio, amplitude, mu_s, sigma_s, mu_hat, sigma_hat)
     return torch.fft.irfft2(spec.view(b, c, h, w // 2 + 1), s=(h, w), norm="ortho")
+
+
+# Registered for every device type, and the device checked per call (by name, so
+# that the CPU emulation of the kernels, tests/toolchain/test_cuda_emulated.py, can
+# run them on CPU tensors); a CPU tensor gets _check_cuda's message.
+band_stats, shr = register_spectral_ops("cuda", None, _stats, _apply,
+                                        lambda t, name: _check_cuda(t, name))
+
+OPS = {"band_stats": band_stats, "shr": shr}

@@ -1,6 +1,6 @@
 """All-pairs SSIM and exact SSIM top-K with the CUDA kernels of ``csrc/cuda/ssim_topk.cu``
-(SPEC 4). Same signatures, validation and results as the torch reference
-(``frerec_fast.ssim``); the kernels' design is described at the top of the ``.cu`` file.
+(method §4). Same signatures, validation and results as the torch reference
+(``frerec_fast.reference.ssim``); the kernels' design is described at the top of the ``.cu`` file.
 
 What runs where:
 
@@ -12,7 +12,7 @@ What runs where:
    cross term ``E[x*y]`` filtered in shared memory and registers (no product images).
 4. Top-K: the database is scored in chunks of ``db_chunk`` images, so only one
    ``[Q, chunk]`` score block exists at a time, and each block is merged into the running
-   per-query selection by ``frerec_fast.ssim.chunked_topk`` (torch ops on the GPU: a
+   per-query selection by ``frerec_fast.reference.ssim.chunked_topk`` (torch ops on the GPU: a
    stable sort, so ties go to the lower index; self-exclusion by masking to -inf). The
    merge is deliberately not a kernel of its own: it is the reference's own code, so tie
    and exclusion semantics are those of every other backend, and it costs a sort of
@@ -30,9 +30,10 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from ..ssim import WIN, check_pair, chunked_topk, clamp_k, gaussian_window
+from ..reference.checks import WIN
+from ..reference.ssim import chunked_topk, gaussian_window
+from .registration import register_ssim_ops
 
-DB_CHUNK = 4096   # database images scored per top-K step: a [Q, DB_CHUNK] block at a time
 
 # Launch geometry of ssim_topk.cu (its FREREC_SSIM_* macros), for the CuPy path.
 _TQ = 32            # FREREC_SSIM_TQ: queries per pair block
@@ -41,12 +42,6 @@ _THREADS = 256      # FREREC_SSIM_THREADS: threads per pair block (2 x 2 pairs e
 _STATS_BLOCK = 128  # FREREC_SSIM_STATS_BLOCK: images per statistics block
 _MAX_GRID_Y = 65535  # FREREC_SSIM_MAX_GRID_Y: query blocks per pair launch
 _INT32_MAX = 2 ** 31 - 1
-
-
-def _check_device(q: torch.Tensor) -> None:
-    if q.device.type != "cuda":
-        raise ValueError(f"the CUDA SSIM backend needs CUDA tensors, got {q.device} "
-                         f"(use backend='cpp' or 'torch' on CPU)")
 
 
 def _native():
@@ -129,14 +124,14 @@ def _prepare(x: torch.Tensor, device: torch.device, taps: torch.Tensor):
     return img, _stats(img, taps, h, w)
 
 
-def ssim_matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
-    """All-pairs SSIM, CUDA (see ``frerec_fast.ssim_matrix``).
+def _check_cuda(q: torch.Tensor, name: str) -> None:
+    if q.device.type != "cuda":
+        raise ValueError(f"{name}: the CUDA SSIM backend needs CUDA tensors, got {q.device} "
+                         f"(use backend='cpp' or 'torch' on CPU)")
 
-    q: [Q, 1, h, w] luma in [0, 1] on a CUDA device; db: [N, 1, h, w] (moved to q's
-    device). Returns: [Q, N] float32.
-    """
-    check_pair(q, db)
-    _check_device(q)
+
+def _matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
+    """q: [Q, 1, h, w] CUDA; db: [N, 1, h, w] (moved to q's device). Returns: [Q, N] float32."""
     h, w = q.shape[-2:]
     taps = _taps(q.device)
     q_img, q_maps = _prepare(q, q.device, taps)
@@ -144,20 +139,10 @@ def ssim_matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
     return _pairs(q_img, q_maps, d_img, d_maps, taps, h, w)
 
 
-def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
-              db_chunk: int = DB_CHUNK):
-    """Exact top-k by SSIM, CUDA scores + running merge (see ``frerec_fast.ssim_topk``).
-
-    q: [Q, 1, h, w] on a CUDA device; db: [N, 1, h, w] (may live elsewhere: each chunk is
-    moved to q's device as it is scored); exclude: optional [Q] int64 database index per
-    query (-1: none). k is clamped with ``clamp_k``. Peak extra memory: the query copies
-    (image + 3 maps, [h*w or h'*w', Q] each), one chunk's copies, and one
-    [Q, db_chunk] score block.
-    Returns: scores [Q, k] float32 descending, idx [Q, k] int64 (ties: lower index).
-    """
-    check_pair(q, db)
-    _check_device(q)
-    clamp_k(k, db.shape[0], exclude is not None)  # fail before any GPU work
+def _topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor | None,
+          db_chunk: int):
+    """CUDA scores + running merge. Peak extra memory: the query copies (image + 3 maps,
+    [h*w or h'*w', Q] each), one chunk's copies, and one [Q, db_chunk] score block."""
     h, w = q.shape[-2:]
     dev = q.device
     taps = _taps(dev)
@@ -168,3 +153,10 @@ def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int, exclude: torch.Tensor |
         return _pairs(q_img, q_maps, d_img, d_maps, taps, h, w)
 
     return chunked_topk(score_block, q.shape[0], db.shape[0], k, exclude, db_chunk, dev)
+
+
+# Registered for every device type, and the device checked per call (by name, so
+# that the CPU emulation of the kernels, tests/toolchain/test_cuda_emulated.py, can
+# run them on CPU tensors); a CPU tensor gets _check_cuda's message.
+OPS = register_ssim_ops("cuda", None, _matrix, _topk, lambda t, name: _check_cuda(t, name))
+ssim_matrix, ssim_topk = OPS["ssim_matrix"], OPS["ssim_topk"]

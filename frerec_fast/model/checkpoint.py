@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from ..spectral import require_finite
+from ..reference.checks import require_finite
 from ._consts import default_file_mode
 from .config import RHMConfig
 from .restormer import RHM

@@ -13,14 +13,14 @@ MAX_POLAR_CELLS = 1 << 16
 
 @dataclass(frozen=True)
 class RHMConfig:
-    """Sizes of the RHM denoising auto-encoder (SPEC section 5; defaults are the paper's).
+    """Sizes of the RHM denoising auto-encoder (method §5; defaults are the paper's).
 
     in_channels: 1 (grayscale) or 3 (RGB); the output has the same channels (global residual).
     dim: channels at level 1; level i (1-based) has dim * 2**(i-1).
     heads, blocks: per level 1..4 (the latent is level 4); decoder levels reuse them.
     refinement: FET-blocks after the decoder, at level-1 resolution and 2*dim channels.
     fesa: False gives the plain Restormer block (MDTA only), the paper's ablation.
-    n_rings, n_sectors: polar grid of FESA's frequency branch (see ring_pool.py).
+    n_rings, n_sectors: polar grid of FESA's frequency branch (see reference/rings.py).
     dft: "fft" (torch.fft, for training and eager inference) or "matmul" (DFT as matrix
         products, which exports to ONNX at opsets 17-20 and runs faster in onnxruntime).
     """

@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from ._consts import real_constant
+from ..reference.constants import real_constant
 
 MODES = ("fft", "matmul")
 
@@ -87,14 +87,3 @@ def irfft2(re: torch.Tensor, im: torch.Tensor, size: tuple[int, int],
     _, _, cw_inv, sw_inv, ch, sh = _mats_for(re, h, w)
     yr, yi = ch @ re - sh @ im, ch @ im + sh @ re
     return yr @ cw_inv - yi @ sw_inv
-
-
-def amplitude(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-    """|X| with a finite gradient (0) where X = 0; plain sqrt would give NaN there.
-
-    The double `where` keeps sqrt's infinite derivative at 0 out of the graph, and exports
-    to ONNX as Where/Sqrt.
-    """
-    sq = re * re + im * im
-    pos = sq > 0
-    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))

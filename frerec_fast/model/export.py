@@ -11,6 +11,7 @@ import torch
 
 from ..optional import optional_import
 from ._consts import default_file_mode
+from .fesa import ring_backend, set_ring_backend
 from .restormer import RHM
 
 
@@ -20,7 +21,8 @@ def export_onnx(model: RHM, path: str | os.PathLike, example_shape: tuple[int, i
 
     The graph is fixed to H x W (the DFT matrices and ring map are constants of the size);
     the batch dimension stays dynamic when `dynamic_batch`. The model itself is not changed:
-    a copy is switched to the matmul DFT path and eval mode (BatchNorm uses running stats).
+    a copy is switched to the matmul DFT path, the torch reference of the polar pooling
+    and eval mode (BatchNorm uses running stats).
     dynamo=False uses the TorchScript-based exporter (deprecated in torch but fast, and it
     needs only `onnx`); dynamo=True uses torch.export and needs `onnxscript` too. Both
     handle opsets 17-20 for this graph. Input name "x", output name "y". Returns the
@@ -32,7 +34,8 @@ def export_onnx(model: RHM, path: str | os.PathLike, example_shape: tuple[int, i
     b, c, h, w = (int(s) for s in example_shape)
     if dynamo and dynamic_batch:
         b = max(b, 2)  # torch.export specialises a size-1 dim to a constant
-    m = copy.deepcopy(model).to("cpu").eval().set_dft("matmul")
+    # The graph must hold only standard ops: the torch reference of the polar pooling.
+    m = set_ring_backend(copy.deepcopy(model).to("cpu").eval().set_dft("matmul"), "torch")
     dummy = torch.rand(b, c, h, w)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +43,7 @@ def export_onnx(model: RHM, path: str | os.PathLike, example_shape: tuple[int, i
     os.close(fd)
     try:
         # Sizes become graph constants by design (fixed H x W): that is what the tracer warns about.
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), ring_backend("torch"), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
                                     category=DeprecationWarning)

@@ -1,6 +1,6 @@
-"""FESA, the frequency-enhanced spatial attention of the FET-block (paper Eqs. 4-6, SPEC 5).
+"""FESA, the frequency-enhanced spatial attention of the FET-block (paper Eqs. 4-6, method §5).
 
-Residual reading. SPEC writes the block as `x = x + FESA(LN(x))` and the paper's Eq. 6 as
+Residual reading. The method (docs/method.md §5) writes the block as `x = x + FESA(LN(x))` and the paper's Eq. 6 as
 `F_final = F_rgb + ReLU(BN(Conv1x1(F_rgb_hat || F_fre_hat)))`. Taking both literally with
 F_rgb = LN(x) would add the normalised input on top of the block's residual
 (x + LN(x) + ...). We read Eq. 6's `F_rgb +` as *being* the block's residual: `FESA.forward`
@@ -12,12 +12,13 @@ and with fesa=False (plain Restormer) `x = x + MDTA(LN(x))`, exactly Restormer's
 
 Backends of the polar pooling. FrequencyBranch calls two ops through frerec_fast.backends:
 "ring_pool_amplitude" (|X|, channel mean and ring/sector mean in one pass; its torch
-reference, `ring_pool_amplitude` below, is the plain composition) and "ring_scatter".
-`backend="auto"` (the default) takes the dispatch table's order for the tensor's device:
-on CPU that is the torch reference, on CUDA the CUDA kernels, else Triton, else torch.
-The fast kernels are atomics-free, so training with them is deterministic. The torch
-reference is always used while tracing, scripting, exporting (ONNX, torch.export) or
-compiling, and for tensor subclasses (fake tensors): the kernels are opaque to those.
+reference is ``reference.rings.ring_pool_amplitude``, the plain composition) and
+"ring_scatter". `backend="auto"` (the default) takes the dispatch table's order for the
+tensor's device: the C++ op on CPU, the CUDA kernels on CUDA, else Triton, else torch.
+The fast ops are ``torch.library`` custom ops with fake implementations and autograd,
+so ``torch.compile`` and ``torch.export`` keep them in the graph, and training with them
+is deterministic (no atomics). Only the exporters to other runtimes (ONNX, TorchScript
+tracing or scripting) get the torch reference, since a custom op has no meaning there.
 `set_ring_backend(model, name)` switches every FrequencyBranch of a model;
 `with ring_backend(name):` overrides it for the calls inside, leaving the model as it is
 (what a run does with a model the caller passed in).
@@ -35,33 +36,15 @@ import torch.nn.functional as F
 
 from .. import backends
 from . import dft as _dft
-from .ring_pool import ring_pool, ring_scatter, ring_sector_index
-
-
-def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
-                        n_bins: int) -> torch.Tensor:
-    """Channel-mean amplitude pooled per ring/sector bin: the torch reference of the fused op.
-
-    re, im: [B, C, H, Wh] real; index_map: [H, Wh] int64. Returns: [B, n_bins].
-    """
-    return ring_pool(_dft.amplitude(re, im).mean(dim=1), index_map, n_bins)
+from ..reference.rings import ring_pool_amplitude, ring_scatter, ring_sector_index
 
 
 _TORCH_OPS = (ring_pool_amplitude, ring_scatter)
 
 
-def _graph_capture(x: torch.Tensor) -> bool:
-    """True while x flows through a tracer, exporter or compiler, or is a tensor subclass."""
-    if type(x) is not torch.Tensor:           # fake / functional / proxy tensors
-        return True
-    if torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return True
-    compiler = getattr(torch, "compiler", None)
-    for probe in ("is_compiling", "is_exporting", "is_dynamo_compiling"):
-        fn = getattr(compiler, probe, None)
-        if fn is not None and fn():
-            return True
-    return False
+def _foreign_export() -> bool:
+    """True while an exporter to another runtime (ONNX, TorchScript) traces the model."""
+    return torch.jit.is_scripting() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 @functools.lru_cache(maxsize=32)
@@ -99,9 +82,7 @@ def ring_backend(backend: str) -> Iterator[None]:
 def set_ring_backend(module: nn.Module, backend: str) -> nn.Module:
     """Use `backend` ("auto", "torch", "triton", "cuda") for the polar pooling of every
     FrequencyBranch in `module`. Returns `module`."""
-    if backend != "auto" and backend not in backends.BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; "
-                         f"choose one of {('auto',) + backends.BACKENDS}")
+    _check_backend(backend)
     for m in module.modules():
         if isinstance(m, FrequencyBranch):
             m.backend = backend
@@ -133,7 +114,7 @@ class MDTA(nn.Module):
 
 
 class FrequencyBranch(nn.Module):
-    """Local frequency branch (Eq. 5, as SPEC 5 reads it).
+    """Local frequency branch (Eq. 5, as method §5 reads it).
 
     X = rfft2(x, ortho); |X| averaged over channels; mean-pooled into the polar grid
     [B, 1, n_sectors, n_rings]; G = sigmoid(Conv3x3), V = Conv3x3; G*V scattered back to the
@@ -165,6 +146,14 @@ class FrequencyBranch(nn.Module):
                 self._maps[key] = idx
         return idx
 
+    def _backend(self) -> str:
+        """The ring backend of this call: ``ring_backend()``'s override, else the module's.
+        While torch.compile traces, the module's (the override is a ContextVar, which the
+        tracer cannot read): set it with ``set_ring_backend`` before compiling."""
+        if torch.compiler.is_compiling():
+            return self.backend
+        return _OVERRIDE.get() or self.backend
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         # float32 whatever the autocast dtype, in both DFT modes: cuFFT has no bf16 and
@@ -174,8 +163,8 @@ class FrequencyBranch(nn.Module):
             re, im = _dft.rfft2(x.float(), self.dft)                       # [B, C, H, Wh]
         idx = self.index_map(h, w, x.device)
         n_bins = self.n_rings * self.n_sectors
-        backend = _OVERRIDE.get() or self.backend
-        if backend == "torch" or _graph_capture(x):
+        backend = self._backend()
+        if backend == "torch" or _foreign_export():
             pool_amplitude, scatter = _TORCH_OPS
         else:
             pool_amplitude, scatter = _ring_ops(backend, x.device.type)

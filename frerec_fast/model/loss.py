@@ -1,4 +1,4 @@
-"""RHM training loss, SPEC Eq. 7: pixel MSE plus MSE of the ortho rfft2 amplitudes."""
+"""RHM training loss, method §5, Eq. 7: pixel MSE plus MSE of the ortho rfft2 amplitudes."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""RHM: Restormer's U-shape with FET-blocks (FESA + GDFN), SPEC section 5 / paper Fig. 4."""
+"""RHM: Restormer's U-shape with FET-blocks (FESA + GDFN), method §5 / paper Fig. 4."""
 from __future__ import annotations
 
 import torch
@@ -105,7 +105,7 @@ class RHM(nn.Module):
 
     forward(x: [B, C, H, W] float32, C = config.in_channels, any H, W >= 1)
         -> [B, C, H, W], x + residual predicted by the network (no clipping; the caller
-        clips final outputs, SPEC 6).
+        clips final outputs, method §6).
     Inputs are padded (reflect) to multiples of 8 and cropped back. In train mode the FESA
     BatchNorms need more than one value per channel at level 4 (H/8 x W/8): use a batch of
     2 or more, or inputs larger than 8 px on a side.

@@ -18,7 +18,7 @@ import torch
 
 from ..ops import shr as shr_op
 from ..seeding import sample_eps
-from ..spectral import inputs_checked_upstream
+from ..reference.checks import inputs_checked_upstream
 from .reader import Job
 from .record import GAP_SAMPLE
 
@@ -58,7 +58,7 @@ class Calibrator:
 
     ``on_done(job)`` is called when every tile of a job has its result (job.out filled),
     ``on_fail(job, why)`` once when a job's computation fails (its other tiles are then
-    dropped). ``recall`` holds the prefilter's recall check (SPEC 4), ``stages`` the
+    dropped). ``recall`` holds the prefilter's recall check (method §4), ``stages`` the
     compute times, ``sample_in``/``sample_out`` up to GAP_SAMPLE first tiles for the
     report's gaps.
     """
@@ -176,7 +176,7 @@ class Calibrator:
         return nb
 
     def _measure_recall(self, x, ids, exclude) -> None:
-        """SPEC 4: an approximate mode reports its recall@k against exact mode, here on
+        """method §4: an approximate mode reports its recall@k against exact mode, here on
         the run's first micro-batch (its exact search counts as retrieval time). Tried
         once; a failure is reported and never fails the files it was measured on."""
         from ..prefilter import recall_at_k

@@ -30,7 +30,7 @@ class CalibrateConfig:
                         ("--no-resume",), action="store_false")
     k: int = _opt(200, "neighbours per image (default 200)", ("-k",), type=int)
     calibrate_real: bool = _opt(False, "inputs are real images, maybe in the index: exclude "
-                                "each one's own entry (SPEC 6)", ("--real",), action="store_true")
+                                "each one's own entry (method §6)", ("--real",), action="store_true")
     workers: int = _opt(4, "decode and encode threads (default 4; use more on a fast GPU)",
                         type=int)
     threads: int | None = _opt(None, "compute threads: torch's pool and the RHM engine's, for "

@@ -96,7 +96,7 @@ class Job:
 
 
 class SelfExclusion:
-    """SPEC 6 self-exclusion: the index entry of a real image being calibrated.
+    """method §6 self-exclusion: the index entry of a real image being calibrated.
 
     By key and file hash (as for each slice of an indexed NIfTI volume), else the first
     entry with the same file content (a real image copied under another name). Off

@@ -21,7 +21,7 @@ from ..spectral import frequency_gap, luma, spectral_profile
 MANIFEST = "frerec_manifest.jsonl"
 REPORT = "frerec_report.json"
 GAP_SAMPLE = 256
-# SPEC 8 asks every reported gap to name its protocol. One run sees only its own outputs
+# method §8 asks every reported gap to name its protocol. One run sees only its own outputs
 # and the index, so its gap is always "against raw real"; the deployed protocol needs the
 # real held-out images calibrated too, which ``frerec eval`` does.
 GAP_PROTOCOL = ("against raw real: a sample of this run's inputs and outputs vs the index's "
@@ -300,7 +300,7 @@ def run_fingerprint(**settings) -> str:
 
 # -- the report's frequency gaps ------------------------------------------------------------
 def sample_gaps(sample_in: list, sample_out: list, index: RealIndex) -> dict:
-    """Frequency gaps (SPEC 8) of input and output samples ([C, h, w] tiles) to the
+    """Frequency gaps (method §8) of input and output samples ([C, h, w] tiles) to the
     index's thumbnails, all at the retrieval size (area resampling)."""
     if not sample_in or not sample_out:
         return {}

@@ -17,7 +17,7 @@ from .. import __version__, backends
 from .. import io as fio
 from ..devices import resolve_device
 from ..index import RealIndex
-from ..ssim import clamp_k
+from ..reference.checks import clamp_k
 from .calibrator import Calibrator, Compute, Stages
 from .config import CalibrateConfig, make_config
 from .reader import SelfExclusion, input_files, make_job, read_files
@@ -32,7 +32,7 @@ MODEL_BATCH = {"cpu": 8, "cuda": 32}
 def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, model=None,
                   config: CalibrateConfig | None = None, **settings) -> dict:
     """Calibrate every image under ``src`` into ``dst`` (same relative paths, formats and
-    bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (SPEC 6).
+    bit depths) with FreRec: top-K real neighbours by SSIM, SHR, then RHM (method §6).
 
     index: a RealIndex or the path of one (required). model: a loaded RHM, a checkpoint
     path, None for the shipped default model, or False for SHR only (no RHM).
@@ -44,7 +44,7 @@ def calibrate_dir(src: str | os.PathLike, dst: str | os.PathLike, index=None, mo
     that size (``overlap`` of a tile, default 0.25; see ``frerec_fast.tiles``); smaller
     ones are reported as errors.
     calibrate_real=True excludes each image's own index entry (matched by content hash)
-    when it is a real image of the index (SPEC 6).
+    when it is a real image of the index (method §6).
     resume=True skips files that the manifest in ``dst`` records as done with the same
     input hash and the same run settings (seed, k, calibrate_real, overlap, model_batch,
     index and model contents); any other file, failed ones included, is (re)done.

@@ -1,4 +1,4 @@
-"""RHM training (SPEC 5): ``train_rhm``, resumable checkpoints, the shipped default model.
+"""RHM training (method §5): ``train_rhm``, resumable checkpoints, the shipped default model.
 
 train.py (the loop), data.py (image cache, per-step draws), state.py (optimizer state and
 resume markers), cli.py (``frerec train`` / ``python -m frerec_fast.training``), default.py.

@@ -58,7 +58,7 @@ def card_text(config: dict, extra: dict, quality: dict | None = None,
         for h in hist if "val" in h
         and (h["epoch"] % 5 == 0 or h["epoch"] in (1, len(hist), sel.get("epoch"))))
     pert = tr.get("perturbation")
-    recipe = ("plain SHR with the nearest neighbours (SPEC 5)" if not pert or not any(
+    recipe = ("plain SHR with the nearest neighbours (method §5)" if not pert or not any(
         pert[k] for k in ("identity", "random_bank", "tilt")) else
         f"the mixed distribution of `frerec_fast/training/perturb.py`: {pert['identity']:.0%} "
         f"clean inputs; the rest SHR with the nearest neighbours"
@@ -72,7 +72,7 @@ def card_text(config: dict, extra: dict, quality: dict | None = None,
     q = _quality_section(quality) if quality else ""
     return f"""# Model card: `{name}` (shipped with frerec_fast)
 
-**What it is.** The Reconstructive High-frequency Mapping network of FreRec (SPEC 5): a
+**What it is.** The Reconstructive High-frequency Mapping network of FreRec (method §5): a
 {arch}, trained only on real images to map SHR-perturbed inputs back to the clean image.
 Small enough for CPU inference.{' It is the model `calibrate_dir` and `frerec calibrate` use when no `--model` is given, and the demo' + "'" + 's model.' if name == DEFAULT_NAME else ''}
 
@@ -89,7 +89,7 @@ slab, never seen in training). Index config: `{data['index_config']}`. Data hash
 --seed {tr['seed']} --device cpu --threads {tr['num_threads']}`). {tr['total_steps']} AdamW steps
 (weight decay {tr['weight_decay']}, linear warm-up then cosine to {tr['min_lr_ratio']} x lr,
 gradient clip {tr['grad_clip']}), loss = pixel MSE + {tr['lambda_f']} x amplitude-spectrum
-MSE (SPEC 5), random crops {tr['crop']} with flips, K = {tr['k']} neighbours (clamped to
+MSE (method §5), random crops {tr['crop']} with flips, K = {tr['k']} neighbours (clamped to
 the index size minus self). Training inputs: {recipe}. {extra['train_seconds'] / 60:.1f}
 minutes of training on {tr['device']} with {tr['num_threads']} thread(s), torch {extra['torch']}.
 
@@ -99,7 +99,7 @@ on the validation images; the identity guard compares it with the SHR input left
 
 **Validation result** (delivered epoch; {val.get('n', 0)} held-out real images, each
 perturbed by SHR with its top-K real neighbours and fixed noise, then restored; outputs
-clipped to [0, 1]; SSIM as SPEC 4; gap = SPEC 8 high band vs the clean images):
+clipped to [0, 1]; SSIM as method §4; gap = method §8 high band vs the clean images):
 
 | | PSNR vs clean (dB) | SSIM vs clean | high-band gap |
 |---|---|---|---|
@@ -122,7 +122,7 @@ own on your real images with `frerec train` (use `--preset paper` on a GPU).
 def _quality_section(quality: dict) -> str:
     """Tables from ``scripts/rhm_quality.py`` JSON files: {title: result}."""
     out = ["", "**Calibration quality** (`scripts/rhm_quality.py`: every number from files "
-           "written by `calibrate_dir`; gaps are SPEC 8 high band / all radii; \"against "
+           "written by `calibrate_dir`; gaps are method §8 high band / all radii; \"against "
            "raw real\" = calibrated synthetic vs raw held-out real, \"deployed\" = "
            "calibrated synthetic vs held-out real calibrated the same way):", ""]
     for title, r in quality.items():

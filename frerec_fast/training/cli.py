@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-# Named model sizes. "paper" is SPEC 5's default; "small" is the shipped CPU model's;
+# Named model sizes. "paper" is method §5's default; "small" is the shipped CPU model's;
 # "tiny" is for smoke tests. Individual --dim/--heads/... flags override a preset.
 PRESETS = {
     "paper": {},
@@ -41,7 +41,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--val", default=None, help="held-out real images: PSNR/SSIM each epoch")
     s.add_argument("--real-dir", default=None, help="images of a prebuilt index given as REAL")
     s.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                   help="model size (default small: the shipped CPU model; paper: SPEC 5)")
+                   help="model size (default small: the shipped CPU model; paper: method §5)")
     s.add_argument("--dim", type=int, default=None)
     s.add_argument("--heads", type=_ints, default=None, help="per level, e.g. 1,2,4,8")
     s.add_argument("--blocks", type=_ints, default=None, help="per level, e.g. 2,4,6,8")
@@ -55,7 +55,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--lr", type=float, default=1e-3)
     s.add_argument("--weight-decay", type=float, default=1e-4)
     s.add_argument("--warmup", type=int, default=50, help="warm-up steps")
-    s.add_argument("-k", type=int, default=200, help="neighbours per image (SPEC 4)")
+    s.add_argument("-k", type=int, default=200, help="neighbours per image (method §4)")
     s.add_argument("--lambda-f", type=float, default=1.0, help="amplitude-loss weight (Eq. 7)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--amp", default=None, choices=("bf16", "fp16", "off"),
@@ -69,7 +69,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    help="training inputs: mixed (default: 30%% clean inputs, the rest SHR with "
                    "the nearest neighbours, 80%% of those after a random radial high-band "
                    "gain; see training/perturb.py) or spec (plain SHR with the nearest "
-                   "neighbours, SPEC 5)")
+                   "neighbours, method §5)")
     s.add_argument("--keep-worse", action="store_true",
                    help="deliver the model even if no epoch beats the identity on validation "
                    "(default: refuse, write rhm_rejected.safetensors, exit 3)")
@@ -119,7 +119,7 @@ def run(a) -> int:
 
 def register(sub) -> None:
     """Add the ``train`` subcommand to the ``frerec`` parser's subparsers."""
-    s = sub.add_parser("train", help="train an RHM on real images (SPEC 5)",
+    s = sub.add_parser("train", help="train an RHM on real images (method §5)",
                        description="Train the RHM denoiser on real images only: each step "
                        "perturbs real crops with SHR (neighbours from the real index, self "
                        "excluded, fresh noise) and learns to restore them. Writes resumable "

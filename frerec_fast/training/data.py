@@ -3,7 +3,7 @@
 Every random draw of training (epoch order, crop offsets, flips) comes from a fresh
 CPU generator seeded by ``(seed, purpose, epoch or step)``: nothing random is carried
 from one step to the next, so a run resumed at an epoch boundary draws exactly what an
-uninterrupted run draws (SPEC 7's rule, extended from SHR noise to training).
+uninterrupted run draws (method §7's rule, extended from SHR noise to training).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The RHM's training inputs: SHR-perturbed real crops, drawn from a distribution wide
 enough to cover what the RHM meets at inference.
 
-SPEC 5 trains the RHM on ``SHR(x)`` with ``x``'s own nearest real neighbours. Measured on
+method §5 trains the RHM on ``SHR(x)`` with ``x``'s own nearest real neighbours. Measured on
 the bundled data (docs/rhm_quality.md), that alone teaches the wrong job:
   * SHR with near neighbours barely moves a real image (about 51 dB at K = 20), and SHR
     keeps the *shape* of the high band (it rescales the whole band by one statistic), so
@@ -11,9 +11,9 @@ the bundled data (docs/rhm_quality.md), that alone teaches the wrong job:
     (the DCGAN's rising MRI profile) straight through, because no training input had it;
   * it never sees a clean input, so it adds its own error floor to images SHR leaves alone.
 So each training image draws one of three perturbations (a ``Perturbation`` sets the
-fractions; ``Perturbation.spec()`` is SPEC 5 exactly):
+fractions; ``Perturbation.spec()`` is method §5 exactly):
   * **identity**: the clean crop itself (target = input);
-  * **SHR** with the nearest neighbours (SPEC 5), or with a bank of K *random* real
+  * **SHR** with the nearest neighbours (method §5), or with a bank of K *random* real
     images (a stronger, retrieval-independent change of level; off by default: it
     teaches the network to restore a level, which on a synthetic image is the
     generator's, undoing SHR; docs/rhm_quality.md);
@@ -57,7 +57,7 @@ class Perturbation:
 
     @classmethod
     def spec(cls) -> "Perturbation":
-        """SPEC 5 exactly: SHR with the nearest neighbours for every image."""
+        """method §5 exactly: SHR with the nearest neighbours for every image."""
         return cls(identity=0.0, random_bank=0.0, tilt=0.0, max_slope=0.0, max_curve=0.0)
 
     def to_dict(self) -> dict:
@@ -114,7 +114,7 @@ def band_tilt(x: torch.Tensor, slope: torch.Tensor, curve: torch.Tensor,
     x: [B, C, H, W] float32; slope, curve: [B]. Returns: [B, C, H, W] float32 (unclipped).
     """
     b, _, h, w = x.shape
-    if ratio >= 1.0:  # no high band (SPEC 1 allows r = 1): nothing to tilt
+    if ratio >= 1.0:  # no high band (method §1 allows r = 1): nothing to tilt
         return x.float().clone()
     fu = torch.fft.fftfreq(h, device=x.device) * 2.0   # in units of Nyquist
     fv = torch.fft.fftfreq(w, device=x.device) * 2.0

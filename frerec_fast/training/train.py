@@ -1,4 +1,4 @@
-"""RHM training on real images only (SPEC 5): input SHR(x), target x.
+"""RHM training on real images only (method §5): input SHR(x), target x.
 
 Determinism (the property resume relies on): with the same arguments, device, backend
 and thread count, the run is a pure function of ``seed``:
@@ -33,7 +33,7 @@ from ..progress import NoBar
 from ..progress import bar as progress_bar
 from ..seeding import sample_eps
 from ..spectral import frequency_gap, luma, psnr, spectral_profile
-from ..ssim import ssim
+from ..reference.ssim import ssim
 from . import state as st
 from .data import ImageSet, augment, data_hash, epoch_order, load_images
 from .perturb import Perturbation, band_tilt, draw, random_banks
@@ -63,7 +63,7 @@ class WorseThanIdentity(RuntimeError):
 
 def val_score(psnr_db: float, gap_high: float) -> float:
     """The validation score that picks the delivered epoch: PSNR vs clean (dB) minus the
-    high-band spectral error in dB (the SPEC 8 gap is in log10 power, so x10). Both terms
+    high-band spectral error in dB (the method §8 gap is in log10 power, so x10). Both terms
     matter: a blurring model can win PSNR while flattening the high band, and a model that
     reproduces the spectrum can still misplace detail. Non-finite (NaN outputs): -inf."""
     score = psnr_db - 10.0 * gap_high
@@ -115,7 +115,7 @@ def _self_positions(index: RealIndex, images: ImageSet) -> torch.Tensor:
 
     Matched by file content (SHA-256), whatever its name or folder, so a validation
     directory that overlaps the training index never retrieves an image as its own
-    neighbour (SPEC 4). A file indexed twice under two names matches its first entry;
+    neighbour (method §4). A file indexed twice under two names matches its first entry;
     for NIfTI slices (one file, many keys) the key must match too.
     Returns: [N] int64.
     """
@@ -163,7 +163,7 @@ class _Validation:
         self.baseline = self._metrics(self.noisy.clamp(0, 1))
 
     def _metrics(self, out: torch.Tensor) -> dict[str, float]:
-        # Outputs are clipped as calibrate() clips them (SPEC 6); SSIM on luma (SPEC 4).
+        # Outputs are clipped as calibrate() clips them (method §6); SSIM on luma (method §4).
         if not bool(torch.isfinite(out).all()):
             # A diverged model (NaN outputs): SSIM and the spectral profile refuse
             # non-finite images, and val_score makes a NaN gap -inf.
@@ -268,7 +268,7 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
               keep_checkpoints: int = 2, perturbation: Perturbation | None = None,
               keep_worse: bool = False) -> Path:
     """Train an RHM denoiser on real images: input SHR(x) with self-excluded neighbours and
-    fresh noise per step, target x (SPEC 5). Returns the final checkpoint's weights path
+    fresh noise per step, target x (method §5). Returns the final checkpoint's weights path
     (``out/rhm.safetensors``; ``load_rhm`` reads it).
 
     real_index_or_dir: a directory of real images (indexed into ``out/index``), or a
@@ -283,13 +283,13 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
     ``keep_worse=True`` (then it is delivered with a warning).
     perturbation: the training-input distribution (``perturb.Perturbation``; default: clean
         inputs, nearest and random banks, radial high-band gains; ``Perturbation.spec()``
-        is SPEC 5's plain SHR). See ``frerec_fast/training/perturb.py`` for why.
+        is method §5's plain SHR). See ``frerec_fast/training/perturb.py`` for why.
     config: RHM sizes (default RHMConfig(); in_channels is taken from the index).
     batch_size: images per step (each epoch takes floor(N / batch_size) full batches).
     crop: training crop (int or (h, w)), at most the index's working size (the default).
     lr, weight_decay, warmup_steps, min_lr_ratio: AdamW with linear warm-up then cosine
         decay to min_lr_ratio * lr at the last step.
-    k: neighbours per image (clamped to the index size minus self). lambda_f: SPEC Eq. 7.
+    k: neighbours per image (clamped to the index size minus self). lambda_f: method §5, Eq. 7.
     amp: None (bf16 on CUDA, fp16 where bf16 is unsupported; off on CPU), 'bf16', 'fp16', 'off'.
     grad_clip: max gradient norm (None: no clipping).
     resume: continue from the latest complete epoch in ``out`` (start fresh if none);

@@ -1,5 +1,5 @@
 // CPU emulation of the CUDA execution model, just enough to run the kernels of
-// csrc/cuda/*.cu unchanged on a machine without a GPU (tests/test_cuda_emulated.py).
+// csrc/cuda/*.cu unchanged on a machine without a GPU (tests/toolchain/test_cuda_emulated.py).
 //
 // Each CUDA thread of a block is a real std::thread, so the kernels' own indexing,
 // reductions, __syncthreads placement and warp shuffles run as written, with real

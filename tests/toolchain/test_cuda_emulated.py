@@ -25,8 +25,8 @@ and divergence, occupancy or performance, nvcc's code generation (it contracts
 a * b + c into FMAs where the kernels do not use explicit __f*_rn intrinsics, so the
 GPU's low bits may differ from the emulation's; the tolerances here allow for that), the
 CUDA math library's last-ulp behaviour (hypot, sqrt), or the CuPy/NVRTC path. Blocks run
-one at a time, so races between blocks are not exercised. tests/test_cuda_ssim.py and
-the other GPU tests remain the check on real hardware.
+one at a time, so races between blocks are not exercised. The op conformance suite run
+with ``--device=cuda`` (tests/ops) remains the check on real hardware.
 """
 import ctypes
 import shutil
@@ -45,17 +45,18 @@ if shutil.which("g++") is None:
 import frerec_fast as ff  # noqa: E402
 from frerec_fast.fast import ring_pool_cuda, shr_cuda, ssim_cuda  # noqa: E402
 from frerec_fast.fast.ring_plan import ring_plan  # noqa: E402
-from frerec_fast.model.fesa import ring_pool_amplitude  # noqa: E402
-from frerec_fast.model.ring_pool import ring_sector_index  # noqa: E402
-from frerec_fast.spectral import high_band_mask  # noqa: E402
-from frerec_fast.ssim import (gaussian_window, local_stats, ssim_matrix_torch,  # noqa: E402
-                              ssim_topk_torch)
+from frerec_fast.reference.rings import ring_pool_amplitude  # noqa: E402
+from frerec_fast.reference.rings import ring_sector_index  # noqa: E402
+from frerec_fast.reference.spectral import high_band_mask  # noqa: E402
+from frerec_fast.reference.ssim import gaussian_window, local_stats  # noqa: E402
+from frerec_fast.reference.ssim import ssim_matrix as ssim_matrix_torch  # noqa: E402
+from frerec_fast.reference.ssim import ssim_topk as ssim_topk_torch  # noqa: E402
 from ring_cases import CASES as RING_CASES, close as ring_close, pool_scatter_pair  # noqa: E402
 from ring_cases import amplitude_pool_pair, spectrum  # noqa: E402
 from ssim_oracles import (assert_float32_accuracy, brute_topk, f64_matrix, images,  # noqa: E402
                           sk_matrix)
 
-EMU_DIR = Path(__file__).resolve().parents[1] / "csrc" / "tests" / "cuda_emu"
+EMU_DIR = Path(__file__).resolve().parents[2] / "csrc" / "tests" / "cuda_emu"
 # -ffp-contract=off: emu.h's __f*_rn intrinsics must stay one rounding each (see emu.h).
 CXXFLAGS = ["-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-ffp-contract=off",
             "-fno-strict-aliasing"]
@@ -318,6 +319,7 @@ def _fake_ext(binding):
 def shr_backend(emu, monkeypatch):
     """frerec_fast.fast.shr_cuda running the emulated shr.cu on CPU tensors."""
     monkeypatch.setattr(shr_cuda, "_ext", _fake_ext(ShrBinding(emu["shr"])))
+    monkeypatch.setattr(shr_cuda, "_check_cuda", lambda t, name: None)
     return shr_cuda
 
 
@@ -334,7 +336,7 @@ def ssim_backend(emu, monkeypatch):
     """frerec_fast.fast.ssim_cuda running the emulated ssim_topk.cu on CPU tensors."""
     binding = SsimBinding(emu["ssim_topk"])
     monkeypatch.setattr(ssim_cuda, "_native", lambda: binding)
-    monkeypatch.setattr(ssim_cuda, "_check_device", lambda q: None)
+    monkeypatch.setattr(ssim_cuda, "_check_cuda", lambda t, name: None)
     return ssim_cuda
 
 

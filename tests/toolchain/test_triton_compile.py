@@ -94,7 +94,9 @@ class Kernel:
 
 
 _RING_STRIDES = "r_sb:i32 r_sc:i32 r_sh:i32 r_sw:i32 i_sb:i32 i_sc:i32 i_sh:i32 i_sw:i32"
-_RING_DTYPES = ("fp16", "bf16", "fp32", "fp64")
+# The ring launchers get float32 or float64: half precisions are computed in float32 by
+# the registered op (fast/registration.py), so no half-precision variant is launched.
+_RING_DTYPES = ("fp32", "fp64")
 
 KERNELS = {
     "shr._band_stats_kernel": Kernel(
@@ -151,12 +153,12 @@ KERNELS = {
                   for t in _RING_DTYPES
                   for mode, amp, mean in (("mean", False, True), ("sum", False, False),
                                           ("amplitude", True, True))},
-        div16="fp16-amplitude",
+        div16="fp32-amplitude",
         # ring_pool / ring_scatter backward pass a [B, 1, H, Wh] view: C = 1, unit column
         # stride; ring_pool_amplitude on contiguous re/im: unit column stride.
         partials=[("C=1,sw=1", f"{t}-{m}", ["C", "r_sw", "i_sw"])
-                  for t in ("fp16", "fp32") for m in ("mean", "sum")]
-        + [("sw=1", f"{t}-amplitude", ["r_sw", "i_sw"]) for t in ("bf16", "fp32")]),
+                  for t in ("fp32", "fp64") for m in ("mean", "sum")]
+        + [("sw=1", f"{t}-amplitude", ["r_sw", "i_sw"]) for t in ("fp32", "fp64")]),
     "ring_pool._scatter_kernel": Kernel(
         "frerec_fast.kernels.ring_pool", "_scatter_kernel",
         "val_ptr:*{T} index_ptr:*i32 offsets_ptr:*i32 out_ptr:*{T} HW:i32 n_bins:i32 "
@@ -166,7 +168,7 @@ KERNELS = {
         # ring_pool backward (divide by the bin count), ring_scatter forward.
         variants={f"{t}-{mode}": (t, {"DIV_COUNT": div})
                   for t in _RING_DTYPES for mode, div in (("div", True), ("plain", False))},
-        div16="fp16-div",
+        div16="fp32-div",
         partials=[("one_bin", "fp32-div", ["n_bins"])]),
     "ring_pool._amplitude_bwd_kernel": Kernel(
         "frerec_fast.kernels.ring_pool", "_amplitude_bwd_kernel",
@@ -427,7 +429,7 @@ def test_table_matches_launchers(monkeypatch):
     shr = importlib.import_module("frerec_fast.kernels.shr")
     ssim = importlib.import_module("frerec_fast.kernels.ssim_topk")
     ring = importlib.import_module("frerec_fast.kernels.ring_pool")
-    from frerec_fast.model.ring_pool import ring_sector_index
+    from frerec_fast.reference.rings import ring_sector_index
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 3, 12, 10, generator=g)

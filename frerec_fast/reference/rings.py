@@ -1,7 +1,8 @@
-"""Ring/sector pooling on the rfft2 half-spectrum: the reference op of FESA's frequency branch.
+"""Ring/sector pooling on the rfft2 half-spectrum: the torch reference of FESA's polar
+pooling ops (method §5), ``ring_pool``, ``ring_scatter`` and the fused
+``ring_pool_amplitude``.
 
-A faster kernel (Triton/CUDA) can replace `ring_pool` / `ring_scatter` behind the same
-signatures; the bin map is an *input* to both, built once per size on the host by
+The fast backends (C++, Triton, CUDA) replace them behind the same signatures; the bin map is an *input* to both, built once per size on the host by
 `ring_sector_index`, so kernels never recompute angles or radii (and never disagree on ties).
 
 Bin map definition, for a feature map of size [h, w] whose rfft2 grid is [h, w_half],
@@ -34,7 +35,8 @@ import functools
 import numpy as np
 import torch
 
-from ._consts import real_constant
+from .checks import check_pool, check_pool_amplitude, check_scatter
+from .constants import real_constant
 
 _TIE_EPS = 1e-9
 
@@ -97,26 +99,16 @@ def _index_torch(h: int, w_half: int, n_rings: int, n_sectors: int, device: str,
     return real_constant(_index_numpy(h, w_half, n_rings, n_sectors, nyquist), torch.int64, device)
 
 
-def _check(x: torch.Tensor, index_map: torch.Tensor, name: str) -> None:
-    if index_map.dtype != torch.int64:
-        raise TypeError(f"{name}: index_map must be int64, got {index_map.dtype}")
-    if x.device != index_map.device:
-        raise ValueError(f"{name}: tensor on {x.device} but index_map on {index_map.device}")
-
-
 def ring_pool(amplitude: torch.Tensor, index_map: torch.Tensor, n_bins: int) -> torch.Tensor:
     """Mean of `amplitude` over each bin of `index_map`; empty bins give 0.
 
     amplitude: [B, H, Wh] float; index_map: [H, Wh] int64 in [0, n_bins).
     Returns: [B, n_bins], same dtype. Differentiable in `amplitude`.
     """
-    _check(amplitude, index_map, "ring_pool")
-    if amplitude.dim() != 3 or amplitude.shape[1:] != index_map.shape:
-        raise ValueError(f"ring_pool: amplitude {tuple(amplitude.shape)} does not match "
-                         f"index_map {tuple(index_map.shape)} as [B, H, Wh]")
+    check_pool(amplitude, index_map)
     b = amplitude.shape[0]
     flat_idx = index_map.reshape(1, -1)                                    # [1, H*Wh]
-    vals = amplitude.reshape(b, -1)                                        # [B, H*Wh]
+    vals = amplitude.reshape(b, flat_idx.shape[1])                         # [B, H*Wh], B may be 0
     sums = vals.new_zeros(b, n_bins).scatter_add(1, flat_idx.expand(b, -1), vals)
     counts = vals.new_zeros(1, n_bins).scatter_add(1, flat_idx, torch.ones_like(flat_idx, dtype=vals.dtype))
     return sums / counts.clamp(min=1)                                      # empty: 0 / 1
@@ -127,8 +119,27 @@ def ring_scatter(values: torch.Tensor, index_map: torch.Tensor) -> torch.Tensor:
 
     values: [B, n_bins] float; index_map: [H, Wh] int64. Returns: [B, H, Wh].
     """
-    _check(values, index_map, "ring_scatter")
-    if values.dim() != 2:
-        raise ValueError(f"ring_scatter: values must be [B, n_bins], got {tuple(values.shape)}")
+    check_scatter(values, index_map)
     b = values.shape[0]
     return values.index_select(1, index_map.reshape(-1)).reshape(b, *index_map.shape)
+
+
+def amplitude(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """|X| with a finite gradient (0) where X = 0; plain sqrt would give NaN there.
+
+    The double `where` keeps sqrt's infinite derivative at 0 out of the graph, and exports
+    to ONNX as Where/Sqrt.
+    """
+    sq = re * re + im * im
+    pos = sq > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+
+
+def ring_pool_amplitude(re: torch.Tensor, im: torch.Tensor, index_map: torch.Tensor,
+                        n_bins: int) -> torch.Tensor:
+    """Channel-mean amplitude pooled per ring/sector bin: the reference of the fused op.
+
+    re, im: [B, C, H, Wh] real; index_map: [H, Wh] int64. Returns: [B, n_bins].
+    """
+    check_pool_amplitude(re, im, index_map)
+    return ring_pool(amplitude(re, im).mean(dim=1), index_map, n_bins)

@@ -1,4 +1,5 @@
-"""SSIM and exact SSIM top-K retrieval, torch reference (SPEC 4).
+"""SSIM, all-pairs SSIM, SSIM of candidate pairs and exact SSIM top-K: the torch
+reference of the retrieval ops (method §4).
 
 SSIM: Gaussian window 11x11 (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
 population covariance, mean over the valid region (windows fully inside the
@@ -16,9 +17,8 @@ from typing import Callable
 
 import torch
 
-from .spectral import require_finite
+from .checks import WIN, check_luma, check_pair, clamp_k, require_finite
 
-WIN = 11
 SIGMA = 1.5
 K1, K2 = 0.01, 0.03
 C1, C2 = (K1 * 1.0) ** 2, (K2 * 1.0) ** 2
@@ -30,14 +30,6 @@ def gaussian_window(size: int = WIN, sigma: float = SIGMA, dtype=torch.float32, 
     x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2.0
     g = torch.exp(-(x ** 2) / (2.0 * sigma ** 2))
     return (g / g.sum()).to(dtype)
-
-
-def check_luma(name: str, t: torch.Tensor) -> None:
-    if t.dim() != 4 or t.shape[1] != 1:
-        raise ValueError(f"{name} must be luma [N, 1, h, w], got shape {tuple(t.shape)}")
-    if t.shape[-1] < WIN or t.shape[-2] < WIN:
-        raise ValueError(f"{name}: SSIM needs images of at least {WIN}x{WIN}, got "
-                         f"{t.shape[-2]}x{t.shape[-1]}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -55,15 +47,6 @@ def band_matrix(n: int, dtype=torch.float32, device=None) -> torch.Tensor:
     return _band_matrix64(n).to(dtype=dtype, device=device)
 
 
-def check_pair(q: torch.Tensor, db: torch.Tensor) -> None:
-    """Queries and database must both be luma of one size (every backend checks this)."""
-    check_luma("q", q)
-    check_luma("db", db)
-    if q.shape[-2:] != db.shape[-2:]:
-        raise ValueError(f"queries are {tuple(q.shape[-2:])} but the database is "
-                         f"{tuple(db.shape[-2:])}: SSIM needs one size")
-
-
 def filter_valid(x: torch.Tensor) -> torch.Tensor:
     """Separable Gaussian filter, valid region only, as two matrix products
     ``Gv @ x @ Gh^T`` (one small channel is far faster as a GEMM than as a conv2d).
@@ -75,7 +58,8 @@ def filter_valid(x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(torch.matmul(gv, x), gh.t())
 
 
-def _ssim_map(mu_a, mu_b, var_a, var_b, cov):
+def ssim_map(mu_a, mu_b, var_a, var_b, cov):
+    """SSIM at each position from local means, variances and covariance (any one shape)."""
     num = (2 * mu_a * mu_b + C1) * (2 * cov + C2)
     den = (mu_a * mu_a + mu_b * mu_b + C1) * (var_a + var_b + C2)
     return num / den
@@ -98,7 +82,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     var_a = filter_valid(a * a) - mu_a * mu_a
     var_b = filter_valid(b * b) - mu_b * mu_b
     cov = filter_valid(a * b) - mu_a * mu_b
-    return _ssim_map(mu_a, mu_b, var_a, var_b, cov).mean(dim=(1, 2, 3))
+    return ssim_map(mu_a, mu_b, var_a, var_b, cov).mean(dim=(1, 2, 3))
 
 
 def local_stats(x: torch.Tensor):
@@ -117,7 +101,7 @@ def _pair_block(q, mu_q, var_q, d, mu_d, var_d) -> torch.Tensor:
     prod = (q[:, None] * d[None]).reshape(qb * nb, 1, *q.shape[-2:])
     exy = filter_valid(prod).view(qb, nb, *mu_q.shape[-2:])
     cov = exy - mu_q[:, None] * mu_d[None]
-    m = _ssim_map(mu_q[:, None], mu_d[None], var_q[:, None], var_d[None], cov)
+    m = ssim_map(mu_q[:, None], mu_d[None], var_q[:, None], var_d[None], cov)
     return m.mean(dim=(2, 3))
 
 
@@ -129,7 +113,7 @@ def _block_sizes(q: torch.Tensor, n_db: int, max_block_elems: int):
     return qb, nb
 
 
-def ssim_matrix_torch(q: torch.Tensor, db: torch.Tensor,
+def ssim_matrix(q: torch.Tensor, db: torch.Tensor,
                       max_block_elems: int = DEFAULT_BLOCK_ELEMS) -> torch.Tensor:
     """All-pairs SSIM, reference. q: [Q, 1, h, w], db: [N, 1, h, w]. Returns: [Q, N] float32."""
     check_pair(q, db)
@@ -144,16 +128,6 @@ def ssim_matrix_torch(q: torch.Tensor, db: torch.Tensor,
             out[i:i + qb, j:j + nb] = _pair_block(q[i:i + qb], mu_q[i:i + qb], var_q[i:i + qb],
                                                   d, mu_d, var_d)
     return out
-
-
-def clamp_k(k: int, n_db: int, has_exclude: bool) -> int:
-    """K clamped to the database size minus self (SPEC 4)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    limit = n_db - (1 if has_exclude else 0)
-    if limit < 1:
-        raise ValueError(f"the database has {n_db} image(s): no neighbour left after self-exclusion")
-    return min(int(k), limit)
 
 
 def merge_topk(best_s, best_i, new_s, new_i, k: int):
@@ -192,17 +166,32 @@ def chunked_topk(score_block: Callable[[int, int], torch.Tensor], n_q: int, n_db
         if exclude is not None:
             block = block.masked_fill(idx == exclude[:, None], float("-inf"))
         best_s, best_i = merge_topk(best_s, best_i, block, idx, k)
-    return best_s, best_i
+    return best_s.contiguous(), best_i.contiguous()
 
 
-def ssim_topk_torch(q: torch.Tensor, db: torch.Tensor, k: int,
+def ssim_topk(q: torch.Tensor, db: torch.Tensor, k: int,
                     exclude: torch.Tensor | None = None,
                     max_block_elems: int = DEFAULT_BLOCK_ELEMS):
-    """Exact top-k by SSIM, reference (see ``frerec_fast.ssim_topk``).
+    """Exact top-k by SSIM, reference (see ``frerec_fast.ops.ssim_topk``).
 
     Returns: scores [Q, k] float32 descending, idx [Q, k] int64.
     """
     check_pair(q, db)
     _, nb = _block_sizes(q, db.shape[0], max_block_elems)
-    return chunked_topk(lambda j0, j1: ssim_matrix_torch(q, db[j0:j1], max_block_elems),
+    return chunked_topk(lambda j0, j1: ssim_matrix(q, db[j0:j1], max_block_elems),
                         q.shape[0], db.shape[0], k, exclude, nb, q.device)
+
+
+def ssim_pairs(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+    """Reference of the "ssim_pairs" op: out[a, c] = SSIM(q[a], db[cand[a, c]]).
+
+    q: [Q, 1, h, w]; db: [N, 1, h, w]; cand: [Q, C] int64. Returns: [Q, C] float32.
+    One query against its gathered candidates at a time (the prefilter's fast torch
+    re-rank is ``prefilter.rerank``; this is the plain definition the other backends
+    are tested against).
+    """
+    check_pair(q, db)
+    out = torch.empty(cand.shape, dtype=torch.float32, device=q.device)
+    for i in range(q.shape[0]):
+        out[i] = ssim_matrix(q[i:i + 1], db[cand[i].to(db.device)].to(q.device))[0]
+    return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # The names frerec_fast/fast/*_cuda.py pass to get_function.
 KERNELS = {
     "shr.cu": {"frerec_band_stats_half", "frerec_shr_apply_half"},
@@ -95,3 +95,23 @@ def test_a_broken_source_is_reported():
     rc, log, _ = _compile(b'extern "C" __global__ void k(float* x) { x[0] = undefined_thing; }',
                           "broken.cu", "90")
     assert rc != 0 and "undefined_thing" in log
+
+
+def test_cupy_launch_geometry_matches_the_source():
+    """The CuPy path launches the SSIM kernels with constants mirrored from
+    ssim_topk.cu's macros (no NVRTC needed)."""
+    from frerec_fast.fast import ssim_cuda
+    from frerec_fast.fast.cuda_source import source_path
+
+    src = source_path("ssim_topk.cu").read_text()
+
+    def macro(name):
+        return re.search(rf"#define {name} (\S+)", src).group(1)
+
+    assert int(macro("FREREC_SSIM_TQ")) == ssim_cuda._TQ
+    assert int(macro("FREREC_SSIM_TN")) == ssim_cuda._TN
+    assert int(macro("FREREC_SSIM_STATS_BLOCK")) == ssim_cuda._STATS_BLOCK
+    assert int(macro("FREREC_SSIM_MAX_GRID_Y")) == ssim_cuda._MAX_GRID_Y
+    # THREADS = (TN / 2) * (TQ / 2): each thread owns 2 x 2 pairs.
+    assert ssim_cuda._THREADS == (ssim_cuda._TN // 2) * (ssim_cuda._TQ // 2)
+    assert "frerec_ssim_stats(" in src and "frerec_ssim_pairs(" in src
