@@ -101,13 +101,13 @@ setup(
     install_requires=["torch>=2.4", "numpy", "Pillow", "safetensors"],
     extras_require={
         "dev": ["pytest", "pytest-benchmark", "scikit-image", "scipy", "pybind11",
-                "scikit-learn", "hypothesis", "atheris"],
+                "scikit-learn", "hypothesis", "atheris", "psutil"],
         "medical": ["pydicom", "nibabel"],
         "progress": ["tqdm"],
         "plot": ["matplotlib"],
         "onnx": ["onnx", "onnxruntime", "onnxscript"],
         # The OpenVINO RHM engine (CPU inference); NNCF only for its optional int8 mode.
-        "openvino": ["openvino"],
+        "openvino": ["openvino", "nncf>=3.4"],
         "triton": ["triton"],
         "ray": ["ray"],
         # frerec eval; torchvision (AutoAugment, Mix-up, resnet18) is left out on purpose:

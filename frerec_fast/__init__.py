@@ -1,7 +1,7 @@
 """frerec_fast: a fast inference engine for FreRec, the frequency recalibration of
 AI-synthesised medical images (see README.md and the method in docs/method.md)."""
 from .errors import BackendUnavailable
-from .index import IndexFileError, RealIndex, build_index
+from .index import IndexFileError, RealIndex, ShardedIndex, build_index
 from .ops import band_stats, shr, ssim_matrix, ssim_topk
 from .spectral import frequency_gap, psnr, spectral_profile
 from .reference.ssim import ssim
@@ -20,6 +20,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'frerec_fast' has no attribute {name!r}")
 
 
-__all__ = ["BackendUnavailable", "RealIndex", "build_index", "IndexFileError", "band_stats", "shr", "ssim", "ssim_matrix", "ssim_topk",
+__all__ = ["BackendUnavailable", "RealIndex", "ShardedIndex", "build_index", "IndexFileError", "band_stats", "shr", "ssim", "ssim_matrix", "ssim_topk",
            "spectral_profile", "frequency_gap", "psnr", "calibrate_dir", "CalibrateConfig", "train_rhm", "load_rhm", "RHM", "RHMConfig",
            "evaluate", "__version__"]

@@ -22,12 +22,17 @@ def cmd_index(a) -> int:
     from .index import build_index
 
     t0 = time.perf_counter()
-    idx = build_index(a.real_dir, a.out, ratio=a.ratio, domain=a.domain, work_size=a.work_size,
-                      retrieval_size=a.retrieval_size, channels=a.channels,
-                      batch_size=a.batch_size, backend=a.backend, progress=not a.quiet)
-    print(f"indexed {len(idx)} image(s) from {a.real_dir} into {a.out} in "
-          f"{time.perf_counter() - t0:.1f}s (work size {idx.config.work_size}, "
-          f"{idx.config.channels} channel(s), {len(idx.skipped)} skipped)")
+    # Settings left out keep build_index's defaults (or, with --append, the index's own).
+    given = {k: getattr(a, k) for k in ("ratio", "domain", "retrieval_size") if hasattr(a, k)}
+    idx = build_index(a.real_dir, a.out, work_size=a.work_size, channels=a.channels,
+                      batch_size=a.batch_size, backend=a.backend, progress=not a.quiet,
+                      shard_size=a.shard_size, workers=a.workers, append=a.append, **given)
+    shards = getattr(getattr(idx, "manifest", None), "shards", None)
+    layout = f"{len(shards)} shard(s)" if shards else "one file pair"
+    print(f"{'appended to' if a.append else 'indexed'} {len(idx)} image(s) from {a.real_dir} "
+          f"into {a.out} ({layout}) in {time.perf_counter() - t0:.1f}s (work size "
+          f"{idx.config.work_size}, {idx.config.channels} channel(s), "
+          f"{len(idx.skipped)} skipped)")
     for s in idx.skipped:
         print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)
     return 0
@@ -49,6 +54,7 @@ def cmd_calibrate(a) -> int:
         rep = calibrate_dir_ray(a.src, a.dst, a.index, model, num_workers=a.ray_workers,
                                 cpus_per_worker=a.cpus_per_worker,
                                 gpus_per_worker=a.gpus_per_worker, address=a.ray_address,
+                                shard_size=a.shard_size, max_retries=a.max_retries,
                                 config=cfg)
     else:
         from .pipeline import calibrate_dir
@@ -168,18 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("index", help="build a real-image index from a directory",
                        description="Scan REAL_DIR recursively (PNG, JPEG, TIFF, BMP, DICOM, "
-                       "NIfTI) and write OUT/index.safetensors + OUT/index.json.")
+                       "NIfTI) and write an index to OUT: one file pair (OUT/index.json + "
+                       "OUT/index.safetensors) for up to 65,536 files, else a manifest "
+                       "OUT/index.json and shards under OUT/shards/ (see --shard-size).")
     s.add_argument("real_dir")
     s.add_argument("out")
-    s.add_argument("--ratio", type=float, default=0.5, help="low-band ratio r (default 0.5)")
-    s.add_argument("--domain", choices=("complex", "amplitude"), default="complex")
+    s.add_argument("--ratio", type=float, default=argparse.SUPPRESS,
+                   help="low-band ratio r (default 0.5)")
+    s.add_argument("--domain", choices=("complex", "amplitude"), default=argparse.SUPPRESS,
+                   help="(default complex)")
     s.add_argument("--work-size", type=_size, default=None,
                    help="HxW at which band statistics are computed (default: first image's size)")
-    s.add_argument("--retrieval-size", type=_size, default=(64, 64),
-                   help="HxW of the SSIM retrieval thumbnails (default 64x64; 'none' = work size)")
+    s.add_argument("--retrieval-size", type=_size, default=argparse.SUPPRESS,
+                   help="HxW of the SSIM retrieval thumbnails (default 64x64; 'none' = the "
+                   "first image's size)")
     s.add_argument("--channels", type=int, choices=(1, 3), default=None)
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--backend", default="auto", help="auto|torch|cpp|triton|cuda")
+    s.add_argument("--shard-size", type=int, default=None,
+                   help="write a sharded index with this many files per shard (default: "
+                   "sharded with 65536 when REAL_DIR holds more files than that)")
+    s.add_argument("--workers", type=int, default=None,
+                   help="processes building shards at once (default: one per CPU)")
+    s.add_argument("--append", action="store_true",
+                   help="add the images of REAL_DIR to the index at OUT as new shards (its "
+                   "settings are kept; keys already in it are refused)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_index)
 
@@ -200,18 +219,25 @@ def build_parser() -> argparse.ArgumentParser:
         from .pipeline.config import add_cli_options
         add_cli_options(s, skip=() if not shr_only else ("engine", "precision", "shr"))
         s.add_argument("--ray", action="store_true",
-                       help="run on Ray (a local cluster unless --ray-address): files are "
-                            "split into shards, one task each; same outputs as a local run")
+                       help="run on Ray (a local cluster unless --ray-address): long-lived "
+                            "workers take shards of files; same outputs as a local run")
         s.add_argument("--ray-address", default=None, help="existing Ray cluster ('auto', ray://...)")
         s.add_argument("--ray-workers", type=int, default=None,
-                       help="Ray tasks (default: cluster CPUs / --cpus-per-worker)")
+                       help="Ray workers (default: cluster CPUs / --cpus-per-worker)")
         s.add_argument("--cpus-per-worker", type=int, default=1)
         s.add_argument("--gpus-per-worker", type=float, default=0,
-                       help="> 0 runs each Ray task on CUDA")
+                       help="> 0 runs each Ray worker on CUDA")
+        s.add_argument("--shard-size", type=int, default=None,
+                       help="files per Ray shard (default: a quarter of a worker's share, "
+                            "at most 256)")
+        s.add_argument("--max-retries", type=int, default=3,
+                       help="restarts of a Ray worker that dies, and times a shard may be lost")
         s.set_defaults(fn=cmd_calibrate, shr_only=shr_only)
 
     from .training.cli import register as register_train
     register_train(sub)
+    from .capacity import register as register_capacity
+    register_capacity(sub)
 
     s = sub.add_parser("spectrum", help="spectral profiles of directories and their gaps",
                        description="Mean log10 radial power profile of each directory's luma "

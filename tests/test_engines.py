@@ -24,6 +24,9 @@ from tiny_models import trained_tiny
 CPU = torch.device("cpu")
 # Exported or compiled engines that this machine has (eager is the reference).
 OTHERS = [e for e in ("onnxruntime", "openvino") if names.installed(e)]
+HAS_INT8 = names.installed("openvino") and names._importable("nncf")
+needs_int8 = pytest.mark.skipif(not HAS_INT8, reason="int8 needs openvino and nncf "
+                                "(pip install 'frerec_fast[openvino]')")
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -89,6 +92,105 @@ def test_shipped_model_engines_on_heldout_real(engine, precision, floor):
         assert value < 120, "reduced precision gave fp32 bytes: the precision was not applied"
 
 
+@pytest.fixture(scope="module")
+def shipped_int8():
+    """The shipped model at int8 (OpenVINO + NNCF), micro-batch 8, built at 64x64 on
+    first use: quantised once (seconds), then read from the user's cache."""
+    return ff.load_rhm(engine="openvino", precision="int8")
+
+
+@needs_int8
+def test_int8_tiny_model(tmp_path, monkeypatch):
+    """int8 on a tiny model: close to eager on held-out real slices, only convolutions
+    and matrix products quantised, the quantised model cached (a second build reads it
+    back without NNCF and gives the same bytes)."""
+    import nncf
+    m = trained_tiny()
+    x = heldout_batch()
+    with torch.inference_mode():
+        ref = m(x)
+    eng = RHMEngine(m, "openvino", "int8", CPU, micro_batch=4, cache_dir=tmp_path)
+    y = eng(x)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    value = psnr(y, ref)
+    assert 40.0 <= value < 120, value  # quantised, not fp32 bytes, and still close
+    (cached,) = (tmp_path / "int8").glob("rhm_int8_*/model.xml")
+    model = __import__("openvino").Core().read_model(str(cached))
+    quantised = {c.get_node().get_type_name() for op in model.get_ops()
+                 if op.get_type_name() == "FakeQuantize"
+                 for c in op.output(0).get_target_inputs()}
+    # Element-wise ops, among them the LayerNorms' (ReduceMean, Subtract, Power, Sqrt,
+    # Divide), stay float; Reshape and ReduceL2 only share the quantised input of a
+    # matrix product (MDTA's normalised queries and keys).
+    assert {"Convolution", "GroupConvolution", "MatMul"} <= quantised, quantised
+    assert quantised <= {"Convolution", "GroupConvolution", "MatMul", "Reshape", "ReduceL2"}
+
+    def refuse(*a, **k):
+        raise AssertionError("quantised again: the cache was not used")
+    monkeypatch.setattr(nncf, "quantize", refuse)
+    again = RHMEngine(m, "openvino", "int8", CPU, micro_batch=4, cache_dir=tmp_path)
+    assert torch.equal(again(x), y)
+    assert again.build_seconds[(64, 64)] < eng.build_seconds[(64, 64)]
+
+
+@needs_int8
+def test_int8_shipped_model_on_heldout_real(shipped_int8):
+    """The shipped model at int8 keeps >= 40 dB against eager fp32 on held-out real
+    slices (the bar int8 ships at; 50 dB measured, docs/engines.md), and an image's
+    bytes do not depend on its batch (micro-batch padding): batch 1 == batch 8."""
+    x = heldout_batch()
+    ref = ff.load_rhm(engine="eager")(x)
+    y = shipped_int8(x)
+    value = psnr(y, ref)
+    assert 40.0 <= value < 120, value
+    assert torch.equal(torch.cat([shipped_int8(x[i:i + 1]) for i in range(8)]), y)
+    assert torch.equal(shipped_int8(x[:3]), y[:3])
+
+
+@pytest.mark.skipif(not names.installed("openvino"), reason="openvino is not installed")
+def test_openvino_rewrite_removes_channel_splits(tmp_path):
+    """Each FET-block's two conv1x1 -> depthwise -> chunk patterns (GDFN: 2 chunks, MDTA:
+    3) become one conv pair per chunk, with the model's output unchanged."""
+    import openvino as ov
+    from frerec_fast.engine.openvino_rewrite import split_chunked_convs
+    from frerec_fast.model import export_onnx
+    m = trained_tiny()
+    path = export_onnx(m, tmp_path / "m.onnx", (1, 1, 64, 64))
+    core, x = ov.Core(), torch.rand(4, 1, 64, 64)
+    outs = []
+    for rewrite in (False, True):
+        model = core.read_model(str(path))
+        model.reshape({0: [4, 1, 64, 64]})
+        if rewrite:
+            blocks = sum(m.config.blocks[:3]) * 2 + m.config.blocks[3] + m.config.refinement
+            assert split_chunked_convs(model) == 5 * blocks
+            assert not [op for op in model.get_ops() if op.get_type_name() == "Slice"
+                        and op.input_value(0).get_node().get_type_name() == "GroupConvolution"]
+        req = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        outs.append(np.array(req.create_infer_request().infer({0: x.numpy()})[0]))
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-5, rtol=0)
+
+
+@needs_int8
+def test_int8_calibration_set_is_train_only():
+    """The calibration slices are the real training split's, never the held-out ones
+    the PSNR is measured on; fixed in count and order; resized to the engine's size."""
+    from frerec_fast.datasets import load_images
+    from frerec_fast.engine import openvino_int8 as q8
+    cal = q8.calibration_images(1, 64, 64)
+    assert cal.shape == (q8.CALIBRATION_COUNT, 1, 64, 64)
+    train = {t.numpy().tobytes() for t in load_images("train")}
+    held = {t.numpy().tobytes() for t in load_images("heldout")}
+    got = {t.numpy().tobytes() for t in cal}
+    assert got <= train and not got & held
+    assert torch.equal(q8.calibration_images(1, 64, 64), cal)
+    big = q8.calibration_images(3, 96, 80)
+    assert big.shape == (64, 3, 96, 80) and 0 <= float(big.min()) and float(big.max()) <= 1
+    batches = q8.calibration_batches(cal[:10], 4)
+    assert [b.shape[0] for b in batches] == [4, 4, 4]
+    assert np.array_equal(batches[-1][2:], cal[:2].numpy())  # filled up from the start
+
+
 def test_compile_engine_tiny():
     """torch.compile (inductor) on the tiny model: matches eager, reports its compile time."""
     m = trained_tiny()
@@ -123,6 +225,18 @@ def test_engine_errors(monkeypatch, tmp_path):
         ff.load_rhm(engine="tensorrt")
     with pytest.raises(ValueError, match="openvino.*cpu only"):
         check_engine_device("openvino", "fp32", torch.device("cuda"))
+    # int8 is OpenVINO's (with NNCF), on CPU: other engines and devices name the one that does.
+    for engine in ("eager", "onnxruntime", "compile", "tensorrt"):
+        with pytest.raises(ValueError, match=f"{engine}.*not run precision='int8'.*openvino"):
+            check_engine_device(engine, "int8", CPU)
+    with pytest.raises(ValueError, match="openvino.*cpu only"):
+        check_engine_device("openvino", "int8", torch.device("cuda"))
+    if names.installed("openvino"):
+        monkeypatch.setitem(sys.modules, "nncf", None)
+        with pytest.raises(ImportError, match="int8.*pip install nncf"):
+            ff.load_rhm(engine="openvino", precision="int8")
+        with pytest.raises(ValueError, match="no engine installed here runs.*'int8'.*nncf"):
+            ff.load_rhm(precision="int8")  # auto
     # An engine whose package cannot be imported: an ImportError saying what to install.
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(ImportError, match="pip install openvino"):

@@ -43,6 +43,8 @@ def test_reduced_precision_is_close_to_fp32_but_not_fp32(device, c):
 
 def test_precision_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown precision"):
+        check_engine_device("eager", "int4", CPU)
+    with pytest.raises(ValueError, match="does not run precision='int8'.*openvino"):
         check_engine_device("eager", "int8", CPU)
     with pytest.raises(ValueError, match="eager.*on cpu runs fp32, bf16.*fp16"):
         check_engine_device("eager", "fp16", CPU)

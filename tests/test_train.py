@@ -3,6 +3,7 @@
 Everything runs on a few tiny real images (a subset of the bundled real set) with the
 "tiny" model preset, on CPU with one thread so that results are reproducible.
 """
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -125,6 +126,38 @@ def test_cli_train_and_module_entry(tmp_path, data):
     r = subprocess.run([sys.executable, "-m", "frerec_fast.training", str(tmp_path / "nope"),
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "nope" in r.stderr
+
+
+@pytest.mark.parametrize("engine", [e for e in ("onnxruntime", "openvino")
+                                    if importlib.util.find_spec(e)][:1] or
+                         [pytest.param("onnxruntime", marks=pytest.mark.skip(
+                             reason="neither onnxruntime nor openvino is installed"))])
+def test_validation_through_an_engine(tmp_path, data, engine):
+    """val_engine (CLI --engine): each epoch's validation runs the current weights
+    through that engine (RHMEngine, built from the in-memory module); the same training
+    validated by eager gives the same metrics to float rounding and the same delivery."""
+    train, val = data
+    runs = {}
+    for name in ("eager", engine):
+        path = train_rhm(train, tmp_path / name, val_dir=val, epochs=2, val_engine=name,
+                         **ARGS)
+        runs[name] = json.loads(path.with_suffix(".json").read_text())["extra"]
+    ref, got = runs["eager"], runs[engine]
+    assert got["training"]["val_engine"] == engine and got["training"]["val_precision"] == "fp32"
+    assert ref["training"]["val_engine"] == "eager"
+    for a, b in zip(ref["history"], got["history"]):
+        assert a["loss"] == b["loss"]  # validation never touches the training
+        va, vb = a["val"], b["val"]
+        assert (va["engine"], vb["engine"], vb["precision"]) == ("eager", engine, "fp32")
+        assert abs(va["psnr_model"] - vb["psnr_model"]) < 0.01
+        assert abs(va["psnr_clean"] - vb["psnr_clean"]) < 0.01
+        assert abs(va["ssim_model"] - vb["ssim_model"]) < 1e-4
+        assert abs(va["gap_model"] - vb["gap_model"]) < 1e-3
+    assert ref["selected"]["epoch"] == got["selected"]["epoch"]
+    with pytest.raises(ValueError, match="does not run precision='bf16'"):
+        train_rhm(train, tmp_path / "bad", epochs=1, val_engine="onnxruntime",
+                  val_precision="bf16", **ARGS)
+    assert not (tmp_path / "bad" / "checkpoints").exists()  # refused before any work
 
 
 def test_shipped_default_model_loads_and_restores():

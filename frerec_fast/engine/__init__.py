@@ -7,7 +7,8 @@
   compile      torch.compile (inductor); CUDA graphs on CUDA
   onnxruntime  the module exported to ONNX (matmul DFT), run by onnxruntime (CPU, or
                the CUDA provider of onnxruntime-gpu)
-  openvino     the same ONNX graph compiled by OpenVINO for CPU (fp32, bf16)
+  openvino     the same ONNX graph compiled by OpenVINO for CPU (fp32, bf16; int8
+               quantised by NNCF on real training slices, openvino_int8.py)
   tensorrt     the same ONNX graph built into a TensorRT engine (never run here: no
                machine of this project could install TensorRT)
   auto         the fastest installed engine for the device (names.AUTO_ORDER)

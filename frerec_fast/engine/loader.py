@@ -92,7 +92,7 @@ class RHMEngine:
         if self.engine == "openvino":
             from .openvino_engine import OpenVinoRHM
             return OpenVinoRHM(onnx, self.config, shape, self.precision, threads=self.threads,
-                               cache_dir=onnx.parent / "openvino")
+                               cache_dir=onnx.parent / "openvino", int8_dir=onnx.parent / "int8")
         from .tensorrt_engine import TensorRTRHM  # only module that imports tensorrt
         return TensorRTRHM(onnx, self.config, (h, w), self.device, precision=self.precision,
                            micro_batch=self.micro_batch,
@@ -159,7 +159,9 @@ def load_rhm(path: str | os.PathLike | None = None, device: str | torch.device =
 
     engine: "auto" (default: the fastest installed for the device, see ``names``),
     "eager", "compile", "onnxruntime", "openvino" or "tensorrt". precision: "fp32",
-    "bf16" or "fp16" where the engine and device run it (errors say which do).
+    "bf16" or "fp16" where the engine and device run it (errors say which do), or
+    "int8" (OpenVINO on CPU, with NNCF: quantised on first use, calibrated on real
+    training slices and cached beside the ONNX export; docs/engines.md).
     Returns an ``RHMEngine``: ``engine(x)`` for x [B, C, H, W] float32; the module is
     ``engine.module``. Outputs agree with eager fp32 to float tolerance, not bit for bit.
     """

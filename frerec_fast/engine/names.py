@@ -8,6 +8,7 @@ measurements behind the order: docs/engines.md):
         costs 15-50 s of compilation per input size, so it is asked for by name only)
   CUDA: tensorrt, eager                (no GPU run here has measured compile or the
         onnxruntime CUDA provider against eager yet, so auto does not pick them)
+It keeps the precision asked for: "int8" is OpenVINO's alone (with NNCF installed).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import importlib.util
 import torch
 
 ENGINES = ("auto", "eager", "compile", "onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # Earlier releases called the eager engine "torch": still accepted.
 ALIASES = {"torch": "eager"}
 # Precisions each engine can run, per device type.
@@ -24,7 +25,9 @@ SUPPORTED = {
     "eager": {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")},
     "compile": {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")},
     "onnxruntime": {"cpu": ("fp32",), "cuda": ("fp32",)},
-    "openvino": {"cpu": ("fp32", "bf16")},
+    # int8: NNCF post-training quantisation of the convolutions and matrix products,
+    # calibrated on real training slices (openvino_int8.py).
+    "openvino": {"cpu": ("fp32", "bf16", "int8")},
     "tensorrt": {"cuda": ("fp32", "fp16", "bf16")},
 }
 AUTO_ORDER = {"cpu": ("openvino", "onnxruntime", "eager"), "cuda": ("tensorrt", "eager")}
@@ -33,6 +36,8 @@ _NEEDS = {"compile": None, "eager": None, "onnxruntime": ("onnxruntime", "pip in
                                                           "(onnxruntime-gpu for CUDA)"),
           "openvino": ("openvino", "pip install openvino"),
           "tensorrt": ("tensorrt", "pip install tensorrt-cu13 (needs a CUDA GPU)")}
+# What a precision needs on top of its engine's package.
+_PRECISION_NEEDS = {"int8": ("nncf", "pip install nncf (or pip install 'frerec_fast[openvino]')")}
 
 
 def canonical(engine: str) -> str:
@@ -58,10 +63,12 @@ def check_engine_settings(engine: str, precision: str) -> None:
 def installed(engine: str) -> bool:
     """Whether the package ``engine`` needs can be imported here."""
     need = _NEEDS.get(engine)
-    if need is None:
-        return True
+    return need is None or _importable(need[0])
+
+
+def _importable(module: str) -> bool:
     try:
-        return importlib.util.find_spec(need[0]) is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a module blocked in sys.modules, a broken install
         return False
 
@@ -73,6 +80,14 @@ def check_engine_device(engine: str, precision: str, device: torch.device) -> st
     engine, dev = canonical(engine), torch.device(device)
     if engine == "auto":
         engine = _auto(precision, dev)
+        if precision not in SUPPORTED[engine].get(dev.type, ()):
+            able = [e for e in AUTO_ORDER.get(dev.type, ()) if precision in
+                    SUPPORTED[e].get(dev.type, ())]
+            needs = [_NEEDS[e][1] for e in able if _NEEDS[e]]
+            needs += [_PRECISION_NEEDS[precision][1]] if precision in _PRECISION_NEEDS else []
+            raise ValueError(f"no engine installed here runs precision={precision!r} on "
+                             f"{dev.type}" + (f"; {', '.join(able)} would: {'; '.join(needs)}"
+                                              if able else ""))
     devices = SUPPORTED[engine]
     if dev.type not in devices:
         raise ValueError(f"engine {engine!r} runs on {' or '.join(devices)} only, not "
@@ -87,6 +102,10 @@ def check_engine_device(engine: str, precision: str, device: torch.device) -> st
         mod, hint = _NEEDS[engine]
         raise ImportError(f"engine {engine!r} needs the Python package {mod!r}, which is not "
                           f"installed: {hint}")
+    if precision in _PRECISION_NEEDS and not _importable(_PRECISION_NEEDS[precision][0]):
+        mod, hint = _PRECISION_NEEDS[precision]
+        raise ImportError(f"precision={precision!r} needs the Python package {mod!r} (its "
+                          f"post-training quantisation), which is not installed: {hint}")
     if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
         raise ValueError("this CPU has no bf16 units (OpenVINO reports no BF16 capability); "
                          "use precision='fp32'")
@@ -98,6 +117,8 @@ def _auto(precision: str, dev: torch.device) -> str:
         if not installed(engine) or precision not in SUPPORTED[engine].get(dev.type, ()):
             continue
         if engine == "openvino" and precision == "bf16" and not openvino_has_bf16():
+            continue
+        if precision in _PRECISION_NEEDS and not _importable(_PRECISION_NEEDS[precision][0]):
             continue
         return engine
     return "eager"

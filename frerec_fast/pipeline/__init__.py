@@ -25,8 +25,9 @@ one way::
 * ``record.py``: where a run may write, the ``Manifest``, ``RunRecord``, the resume
   fingerprint and the report's gaps.
 * ``run.py``: ``calibrate_dir`` = ``plan`` (resolve everything before ``dst`` is
-  touched) + ``execute`` (the loop above); ``calibrate_shard`` is the same for one
-  shard of ``calibrate_dir_ray``.
+  touched) + ``execute`` (the loop above); ``ShardRunner`` holds one plan and
+  manifest and runs ``execute`` on file lists (a worker of ``calibrate_dir_ray``);
+  ``calibrate_shard`` is one such call.
 
 Every tile is processed independently of the others in its batch, so the bytes of an
 output depend only on its input, the index, the model, the seed, the device, backends,
@@ -38,10 +39,9 @@ from .config import CalibrateConfig, add_cli_options, config_from_cli, make_conf
 from .record import (GAP_PROTOCOL, GAP_SAMPLE, MANIFEST, REPORT, Manifest, RunLock, RunLocked,
                      RunRecord, Status, check_dirs, gaps_from_profiles, manifest_paths,
                      model_digest, prepare_dst)
-from .run import MODEL_BATCH, calibrate_dir, calibrate_shard
+from .run import MODEL_BATCH, ShardRunner, calibrate_dir, calibrate_shard
 
 __all__ = ["CalibrateConfig", "GAP_PROTOCOL", "GAP_SAMPLE", "MANIFEST", "MODEL_BATCH", "REPORT",
-           "Manifest", "RunLock", "RunLocked", "RunRecord", "Stages", "Status", "add_cli_options",
-           "calibrate_dir",
-           "calibrate_shard", "check_dirs", "config_from_cli", "gaps_from_profiles",
-           "make_config", "manifest_paths", "model_digest", "prepare_dst"]
+           "Manifest", "RunLock", "RunLocked", "RunRecord", "ShardRunner", "Stages", "Status",
+           "add_cli_options", "calibrate_dir", "calibrate_shard", "check_dirs", "config_from_cli",
+           "gaps_from_profiles", "make_config", "manifest_paths", "model_digest", "prepare_dst"]

@@ -50,8 +50,9 @@ class CalibrateConfig:
                        "(torch.compile), onnxruntime, openvino (CPU), tensorrt (CUDA)",
                        choices=ENGINES + tuple(ALIASES))
     precision: str = _opt("fp32", "the RHM's arithmetic: fp32 (default), bf16 (eager, "
-                          "compile, openvino on CPUs with bf16, CUDA), fp16 (CUDA)",
-                          choices=PRECISIONS)
+                          "compile, openvino on CPUs with bf16, CUDA), fp16 (CUDA), int8 "
+                          "(openvino on CPU with nncf: quantised on first use, calibrated "
+                          "on the bundled real training slices)", choices=PRECISIONS)
     retrieval: str = _opt("exact", "exact SSIM against the whole index (default), or "
                           "prefilter: a short-list by embedding correlation re-ranked by "
                           "exact SSIM, for large indexes (its recall is measured and "

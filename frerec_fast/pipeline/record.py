@@ -238,27 +238,20 @@ class RunRecord:
         self.counts["skipped"] += 1
         self.bar.update(1)
 
-    def close(self) -> None:
-        self.manifest.close()
+    def close(self, manifest: bool = True) -> None:
+        """Close the progress bar, and the manifest unless ``manifest`` is False (its
+        owner appends more runs to it)."""
+        if manifest:
+            self.manifest.close()
         self.bar.close()
 
 
 # -- the resume fingerprint -----------------------------------------------------------------
 def index_digest(index: RealIndex) -> str:
-    """The index's tensor checksum from its index.json when it was loaded from disk,
-    else a hash of its tensors and keys."""
-    if index.path is not None:
-        try:
-            meta = json.loads((Path(index.path) / "index.json").read_text())
-            if meta.get("tensors_sha256"):
-                return meta["tensors_sha256"]
-        except (OSError, ValueError):
-            pass
-    h = hashlib.sha256(json.dumps(index.config.to_dict(), sort_keys=True).encode())
-    for t in (index.thumbs, index.mu, index.sigma):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    h.update("\x1f".join(index.keys).encode("utf-8", "surrogateescape"))  # non-UTF-8 names
-    return h.hexdigest()
+    """What identifies the index's data (``RealIndex.digest``): the tensor file's checksum
+    from index.json for a saved single-file index, a hash of the shards' checksums for a
+    sharded one, else a hash of its tensors and keys."""
+    return index.digest()
 
 
 def model_digest(net) -> str | None:
@@ -306,7 +299,7 @@ def sample_gaps(sample_in: list, sample_out: list, index: RealIndex) -> dict:
         return {}
     size = index.config.retrieval_size
     step = max(1, len(index) // 1024)
-    ref = spectral_profile(index.thumbs[::step].float())
+    ref = spectral_profile(index.thumbs_at(torch.arange(0, len(index), step)).float())
 
     def prof(xs):
         return spectral_profile(resample(luma(torch.stack(xs).float()), size))

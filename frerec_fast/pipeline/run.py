@@ -8,7 +8,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -117,15 +117,62 @@ def compute_threads(n: int | None):
 
 
 def calibrate_shard(src, dst, index, model, cfg: CalibrateConfig, shard: str) -> dict:
-    """One shard of a distributed run (``calibrate_dir_ray``): ``cfg.files`` into
-    ``dst``, appending to the shard's own manifest; ``dst`` cleanup and the report
-    belong to the driver (a shard must not delete the temp files its siblings write)."""
-    t_start = time.perf_counter()
-    src, dst = check_dirs(src, dst)
+    """One shard of a distributed run: ``cfg.files`` into ``dst``, appending to the
+    shard's own manifest; ``dst`` cleanup and the report belong to the driver (a shard
+    must not delete the temp files its siblings write). Loads the index and model for
+    this shard alone; ``ShardRunner`` keeps them for many shards."""
     with compute_threads(cfg.threads):
-        run = plan(src, dst, index, model, cfg)
-        dst.mkdir(parents=True, exist_ok=True)
-        return execute(run, dst / MANIFEST.replace(".jsonl", f".{shard}.jsonl"), t_start)
+        runner = ShardRunner(src, dst, index, model, cfg, shard)
+        try:
+            return runner(cfg.files)
+        finally:
+            runner.close()
+
+
+class ShardRunner:
+    """The parts of a run that outlive one shard: the plan (index, model, RHM engine,
+    fingerprint), loaded once, and one manifest of its own, read once; each call runs
+    ``execute`` on a list of files. ``calibrate_dir_ray``'s long-lived workers hold one
+    each, so the load is paid per worker, not per shard (numbers: docs/capacity.md).
+
+    The bytes of every output are those of ``calibrate_dir`` with the same settings: a
+    call is ``execute`` on a ``files=`` subset of the same plan. ``load_seconds`` is what
+    the plan took (index and model read, engine built). The prefilter's recall check
+    runs on the first micro-batch of the first call only.
+    """
+
+    def __init__(self, src, dst, index, model, cfg: CalibrateConfig, name: str):
+        t0 = time.perf_counter()
+        self.src, self.dst = check_dirs(src, dst)
+        self.run = plan(self.src, self.dst, index, model, cfg)
+        self.dst.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.dst / MANIFEST.replace(".jsonl", f".{name}.jsonl")
+        self.manifest = Manifest(self.manifest_path)
+        self.load_seconds = time.perf_counter() - t0
+        self._recall_done = False
+
+    def __call__(self, files, refresh: bool = False) -> dict:
+        """Calibrate ``files`` (paths under src). ``refresh`` re-reads every manifest in
+        dst first: for files another process may have finished since this one started
+        (a shard taken over from a worker that died)."""
+        t_start = time.perf_counter()
+        if refresh:
+            self.manifest.close()
+            self.manifest = Manifest(self.manifest_path)
+        recall = dict(self.run.recall)
+        measured = self._recall_done
+        if measured:  # the calibrator skips the check when the block has this key
+            recall["recall_queries"] = 0
+        run = replace(self.run, cfg=self.run.cfg.replace(
+            files=None if files is None else tuple(files)), recall=recall)
+        report = execute(run, self.manifest, t_start)
+        if measured:
+            recall.pop("recall_queries")
+        self._recall_done = measured or "recall_queries" in recall
+        return report
+
+    def close(self) -> None:
+        self.manifest.close()
 
 
 @dataclass
@@ -237,12 +284,16 @@ def _backends(cfg: CalibrateConfig, dev: torch.device, index: RealIndex, net, kk
     return used, search_backend, recall
 
 
-def execute(run: Run, manifest_path: Path, t_start: float) -> dict:
-    """Read, calibrate and write the run's files, recording each in the manifest; what
-    the scan left out (symbolic links, with why) goes into the report."""
+def execute(run: Run, manifest: Path | Manifest, t_start: float) -> dict:
+    """Read, calibrate and write the run's files, recording each in the manifest (a
+    path: opened here and closed at the end; an open ``Manifest``: left open for the
+    caller's next files); what the scan left out (symbolic links, with why) goes into
+    the report."""
     cfg, c = run.cfg, run.compute
     rels, excluded = input_files(run.src, cfg.files, cfg.follow_symlinks)
-    manifest = Manifest(manifest_path)
+    own_manifest = not isinstance(manifest, Manifest)
+    if own_manifest:
+        manifest = Manifest(manifest)
     record = RunRecord(manifest, run.src, cfg.seed, run.run_id, len(rels), cfg.progress)
     stages = Stages()
     own = SelfExclusion(c.index, cfg.calibrate_real)
@@ -284,7 +335,7 @@ def execute(run: Run, manifest_path: Path, t_start: float) -> dict:
             calib.flush()
             collect(block=True)
     finally:
-        record.close()
+        record.close(manifest=own_manifest)
     report = _report(run, record, stages, calib, len(rels), time.perf_counter() - t_start)
     report["excluded"] = excluded
     return report

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from ..engine.names import ALIASES, ENGINES, PRECISIONS
+
 # Named model sizes. "paper" is method §5's default; "small" is the shipped CPU model's;
 # "tiny" is for smoke tests. Individual --dim/--heads/... flags override a preset.
 PRESETS = {
@@ -40,6 +42,14 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("out", help="output directory: checkpoints/, index/ and the final rhm.safetensors")
     s.add_argument("--val", default=None, help="held-out real images: PSNR/SSIM each epoch")
     s.add_argument("--real-dir", default=None, help="images of a prebuilt index given as REAL")
+    s.add_argument("--engine", choices=ENGINES + tuple(ALIASES), default="eager",
+                   help="the RHM engine that runs validation, by frerec calibrate's names "
+                   "(default eager: the module itself; another engine is built from the "
+                   "current weights at every epoch, so the delivered epoch is the best as "
+                   "that engine runs it)")
+    s.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="validation's arithmetic (default: the training's own for eager, "
+                   "fp32 for the other engines; e.g. --engine openvino --precision int8)")
     s.add_argument("--preset", choices=sorted(PRESETS), default="small",
                    help="model size (default small: the shipped CPU model; paper: method §5)")
     s.add_argument("--dim", type=int, default=None)
@@ -93,7 +103,8 @@ def run(a) -> int:
                          backend=a.backend, resume=a.resume, progress=not a.quiet,
                          num_threads=a.threads, keep_checkpoints=a.keep,
                          perturbation=Perturbation.spec() if a.perturb == "spec" else None,
-                         keep_worse=a.keep_worse)
+                         keep_worse=a.keep_worse, val_engine=a.engine,
+                         val_precision=a.precision)
     except WorseThanIdentity as e:
         bar = "!" * 78
         print(f"{bar}\nfrerec train: NO MODEL DELIVERED. {e}\n{bar}", file=sys.stderr)
@@ -112,6 +123,8 @@ def run(a) -> int:
               f"{val['ssim_shr']:.4f}), high-band gap {val['gap_model']:.4f} (identity "
               f"{val['gap_shr']:.4f})\n"
               f"    clean input passed through: PSNR {val['psnr_clean']:.2f} dB\n"
+              f"    run by engine {val.get('engine', 'eager')}, precision "
+              f"{val.get('precision', 'fp32')}\n"
               f"    score {val['score']:.2f} vs identity {val['score_identity']:.2f}: "
               f"{'beats the identity' if val['beats_identity'] else 'WORSE THAN THE IDENTITY (kept: --keep-worse)'}")
     return 0
@@ -135,6 +148,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         return run(a)
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2

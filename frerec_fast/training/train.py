@@ -35,6 +35,7 @@ from ..seeding import sample_eps
 from ..spectral import frequency_gap, luma, psnr, spectral_profile
 from ..reference.ssim import ssim
 from . import state as st
+from . import val_engine as engines
 from .data import ImageSet, augment, data_hash, epoch_order, load_images
 from .perturb import Perturbation, band_tilt, draw, random_banks
 
@@ -174,26 +175,31 @@ class _Validation:
                 "ssim": float(ssim(luma(out.float()), luma(self.clean)).mean()),
                 "gap_high": float(gap)}
 
-    def _forward(self, model: RHM, autocast, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, run, x: torch.Tensor) -> torch.Tensor:
         outs = []
         for i in range(0, self.n, self.batch_size):
-            with autocast():
-                outs.append(model(x[i:i + self.batch_size]).float().clamp(0, 1))
+            outs.append(run(x[i:i + self.batch_size]).float().clamp(0, 1))
         return torch.cat(outs)
 
     @torch.no_grad()
-    def run(self, model: RHM, autocast) -> dict[str, Any]:
+    def run(self, model: RHM, engine: str = "eager", precision: str = "fp32") -> dict[str, Any]:
+        """Metrics of ``model``'s current weights run by ``engine`` at ``precision``
+        (resolved names, see ``training/val_engine.py``)."""
         was_training = model.training
         model.eval()
-        m = self._metrics(self._forward(model, autocast, self.noisy))
-        clean_psnr = _mean_psnr(self._forward(model, autocast, self.clean), self.clean)
-        model.train(was_training)
+        try:
+            with engines.forward(model, engine, precision, self.clean.device,
+                                 self.batch_size) as run:
+                m = self._metrics(self._forward(run, self.noisy))
+                clean_psnr = _mean_psnr(self._forward(run, self.clean), self.clean)
+        finally:
+            model.train(was_training)
         b = self.baseline
         score, base = val_score(m["psnr"], m["gap_high"]), val_score(b["psnr"], b["gap_high"])
         return {"n": self.n, "source": self.source,
                 "psnr_model": m["psnr"], "ssim_model": m["ssim"], "gap_model": m["gap_high"],
                 "psnr_shr": b["psnr"], "ssim_shr": b["ssim"], "gap_shr": b["gap_high"],
-                "psnr_clean": clean_psnr,
+                "psnr_clean": clean_psnr, "engine": engine, "precision": precision,
                 "score": score, "score_identity": base, "beats_identity": score > base}
 
 
@@ -266,7 +272,8 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
               amp=None, grad_clip: float | None = 1.0, device="cpu", backend: str = "auto",
               resume: bool = False, progress: bool = True, num_threads: int | None = None,
               keep_checkpoints: int = 2, perturbation: Perturbation | None = None,
-              keep_worse: bool = False) -> Path:
+              keep_worse: bool = False, val_engine: str = "eager",
+              val_precision: str | None = None) -> Path:
     """Train an RHM denoiser on real images: input SHR(x) with self-excluded neighbours and
     fresh noise per step, target x (method §5). Returns the final checkpoint's weights path
     (``out/rhm.safetensors``; ``load_rhm`` reads it).
@@ -297,6 +304,11 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         Without resume, an ``out`` that already holds epochs is refused.
     num_threads: torch CPU threads during training (restored afterwards).
     keep_checkpoints: completed epochs kept in ``out/checkpoints`` (older ones deleted).
+    val_engine, val_precision: the RHM engine that runs validation, by the names of
+        ``load_rhm`` / ``calibrate_dir`` (default eager at the training's own precision;
+        e.g. "openvino" with "int8"). Built from the current weights at every epoch's
+        validation, so the delivered epoch is picked as that engine runs it
+        (``training/val_engine.py``); recorded in each epoch's val metrics.
     """
     t_start = time.perf_counter()
     from ..allocator import tune
@@ -304,6 +316,8 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
     out = Path(out)
     dev = resolve_device(device)
     amp_mode = _resolve_amp(amp, dev)
+    # Names checked before any work: a typo or a missing package fails now, not at epoch 1.
+    val_run = engines.resolve(val_engine, val_precision, amp_mode, dev)
     if epochs < 1 or batch_size < 1 or k < 1 or keep_checkpoints < 1:
         raise ValueError("epochs, batch_size, k and keep_checkpoints must be >= 1")
     out.mkdir(parents=True, exist_ok=True)
@@ -317,14 +331,14 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         return _train(real_index_or_dir, out, val_dir, real_dir, config, epochs, batch_size,
                       crop, lr, weight_decay, warmup_steps, min_lr_ratio, k, lambda_f, seed,
                       amp_mode, grad_clip, dev, backend, resume, progress, keep_checkpoints,
-                      t_start, perturbation or Perturbation(), keep_worse)
+                      t_start, perturbation or Perturbation(), keep_worse, val_run)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, weight_decay,
            warmup_steps, min_lr_ratio, k, lambda_f, seed, amp_mode, grad_clip, dev, backend,
-           resume, progress, keep_checkpoints, t_start, pert, keep_worse) -> Path:
+           resume, progress, keep_checkpoints, t_start, pert, keep_worse, val_run) -> Path:
     index, image_root = _open_index(src, out, real_dir, progress)
     icfg = index.config
     if len(index) < 2:
@@ -357,7 +371,9 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                  "grad_clip": grad_clip, "amp": amp_mode, "backend": backend,
                  "perturbation": pert.to_dict(),
                  "steps_per_epoch": spe, "total_steps": total_steps, "device": str(dev),
-                 "num_threads": torch.get_num_threads()}
+                 "num_threads": torch.get_num_threads(),
+                 # Not in _MATH_KEYS: another validation engine may resume these weights.
+                 "val_engine": val_run[0], "val_precision": val_run[1]}
 
     with torch.random.fork_rng(devices=[]):
         # Only the CPU generator (the one fork_rng restores): torch.manual_seed would also
@@ -432,7 +448,7 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
             epoch_s = time.perf_counter() - t_epoch
             record = {"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": loss_sum / spe,
                       "lr": lr_now, "images_per_s": spe * bs / epoch_s, "seconds": epoch_s}
-            v = record["val"] = val.run(model, autocast)
+            v = record["val"] = val.run(model, *val_run)
             improved = best_epoch([*history, record], epoch + 1) == epoch + 1
             msg = (f"epoch {epoch + 1}/{epochs} loss {record['loss']:.5f} | val PSNR "
                    f"{v['psnr_model']:.2f} dB (SHR input {v['psnr_shr']:.2f}), gap "
