@@ -23,6 +23,20 @@ from .ring_plan import native, ring_plan
 CheckDevice = Callable[[torch.Tensor, str], None]
 
 
+def check_cpu(t: torch.Tensor, name: str) -> None:
+    """The C++ backend's device check."""
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: the cpp backend needs CPU tensors, got {t.device} "
+                         f"(use backend='cuda' or 'triton' on a GPU)")
+
+
+def check_cuda(t: torch.Tensor, name: str) -> None:
+    """The CUDA backend's device check."""
+    if t.device.type != "cuda":
+        raise ValueError(f"{name}: the CUDA backend needs CUDA tensors, got {t.device} "
+                         f"(use backend='cpp' or 'torch' on CPU)")
+
+
 def register_spectral_ops(backend: str, device_types: tuple[str, ...] | None, stats, apply,
                           check_device: CheckDevice):
     """``frerec::band_stats_<backend>`` and ``frerec::shr_<backend>``.

@@ -23,14 +23,8 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .registration import register_ring_ops
+from .registration import check_cpu, register_ring_ops
 from .ring_plan import RingPlan
-
-
-def _check_cpu(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: the cpp backend needs CPU tensors, got {t.device} "
-                         f"(use backend='cuda' or 'triton' on a GPU)")
 
 
 def _pool(re: torch.Tensor, im: torch.Tensor, plan: RingPlan, amplitude: bool,
@@ -53,7 +47,7 @@ def _amplitude_bwd(grad: torch.Tensor, re: torch.Tensor, im: torch.Tensor, plan:
 
 
 ring_pool, ring_scatter, ring_pool_amplitude = register_ring_ops(
-    "cpp", ("cpu",), _pool, _scatter, _amplitude_bwd, _check_cpu)
+    "cpp", ("cpu",), _pool, _scatter, _amplitude_bwd, check_cpu)
 
 OPS = {"ring_pool": ring_pool, "ring_scatter": ring_scatter,
        "ring_pool_amplitude": ring_pool_amplitude}

@@ -19,17 +19,14 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .registration import register_ring_ops
+from .registration import check_cuda, register_ring_ops
 from .ring_plan import RingPlan
 
 _WARPS = 4        # FREREC_RING_WARPS in ring_pool.cu: bins per block of the pool kernel
 _EW_BLOCK = 256   # FREREC_RING_EW_BLOCK: threads per block of the elementwise kernels
 
 
-def _check_cuda(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cuda":
-        raise ValueError(f"{name}: the CUDA backend needs CUDA tensors, got {t.device} "
-                         f"(use backend='torch' on CPU)")
+_check_cuda = check_cuda  # a module name: the CUDA emulation tests replace it
 
 
 def _cupy_call(name: str, dtype: torch.dtype, device: torch.device, grid: int, block: int,

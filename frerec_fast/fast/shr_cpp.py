@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .. import _ext
-from .registration import register_spectral_ops
+from .registration import check_cpu, register_spectral_ops
 
 
 def half_spectrum(x: torch.Tensor):
@@ -15,12 +15,6 @@ def half_spectrum(x: torch.Tensor):
     b, c, h, w = x.shape
     spec = torch.fft.rfft2(x.float(), norm="ortho")
     return spec.reshape(b * c, h, w // 2 + 1).contiguous()
-
-
-def _check_cpu(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: the cpp backend needs CPU tensors, got {t.device} "
-                         f"(use backend='cuda' or 'triton' on a GPU)")
 
 
 def _stats(x: torch.Tensor, ratio: float, amplitude: bool):
@@ -39,6 +33,6 @@ def _apply(x: torch.Tensor, mu_hat: torch.Tensor, sigma_hat: torch.Tensor, ratio
     return torch.fft.irfft2(spec.view(b, c, h, w // 2 + 1), s=(h, w), norm="ortho")
 
 
-band_stats, shr = register_spectral_ops("cpp", ("cpu",), _stats, _apply, _check_cpu)
+band_stats, shr = register_spectral_ops("cpp", ("cpu",), _stats, _apply, check_cpu)
 
 OPS = {"band_stats": band_stats, "shr": shr}

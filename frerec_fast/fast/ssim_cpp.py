@@ -8,16 +8,10 @@ import torch
 
 from .. import _ext
 from ..reference.ssim import chunked_topk
-from .registration import register_ssim_ops
+from .registration import check_cpu, register_ssim_ops
 
 def _planes(x: torch.Tensor) -> torch.Tensor:
     return x[:, 0].float().contiguous()
-
-
-def _check_cpu(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: the cpp backend needs CPU tensors, got {t.device} "
-                         f"(use backend='cuda' or 'triton' on a GPU)")
 
 
 def _matrix(q: torch.Tensor, db: torch.Tensor) -> torch.Tensor:
@@ -39,5 +33,5 @@ def _pairs(q: torch.Tensor, db: torch.Tensor, cand: torch.Tensor) -> torch.Tenso
     return _ext.ext().ssim_pairs(_planes(q), _planes(db), cand.contiguous())
 
 
-OPS = register_ssim_ops("cpp", ("cpu",), _matrix, _topk, _check_cpu, pairs=_pairs)
+OPS = register_ssim_ops("cpp", ("cpu",), _matrix, _topk, check_cpu, pairs=_pairs)
 ssim_matrix, ssim_topk, ssim_pairs = OPS["ssim_matrix"], OPS["ssim_topk"], OPS["ssim_pairs"]
