@@ -86,7 +86,10 @@ def summary(rep: dict, dst) -> str:
              "  stage seconds (encode and decode: summed over their threads): "
              + ", ".join(f"{k} {v:.2f}" for k, v in st.items())]
     if rep.get("rhm"):
-        lines.append(f"  RHM: engine {rep.get('engine')}, precision {rep.get('precision')}")
+        lines.append(f"  RHM: engine {rep.get('engine')}, precision {rep.get('precision')}"
+                     + (", high-band statistics kept from SHR" if rep.get("rhm_stats") == "shr"
+                        else ", high-band statistics the RHM's own" if rep.get("rhm_stats")
+                        else ""))
     r = rep.get("retrieval") or {}
     if r.get("mode") == "prefilter":
         got = (f"recall@k {r['recall_sample']:.3f} against exact on {r['recall_queries']} "

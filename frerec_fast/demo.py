@@ -59,7 +59,9 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
         runs["frerec"] = rep
         runs["frerec_real"] = calibrate_dir(heldout, out / "frerec_real", **fr,
                                             **{**common, "calibrate_real": True})
-        print(f"[3/4] FreRec (SHR + shipped RHM, {rep['engine']}, {precision}) on {rep['ok']} images: "
+        stats = "SHR" if rep.get("rhm_stats") == "shr" else "the RHM"
+        print(f"[3/4] FreRec (SHR + shipped RHM, {rep['engine']}, {precision}, high-band "
+              f"statistics from {stats}) on {rep['ok']} images: "
               f"{rep['images_per_s']:.1f} img/s, {rep['failed']} failed -> {out / 'frerec'} "
               f"(and the held-out real slices -> {out / 'frerec_real'})")
     else:

@@ -309,8 +309,9 @@ def merge_reports(reports: list[dict], seconds: float, ratio: float = 0.5) -> di
             out["stage_seconds"][stage] = out["stage_seconds"].get(stage, 0.0) + secs
     out["images_per_s"] = out["ok"] / seconds if seconds else 0.0
     first = reports[0] if reports else {}
-    for key in ("device", "device_name", "backends", "rhm", "shr", "engine", "precision", "k", "seed",
-                "batch_size", "model_batch", "run", "index", "retrieval"):
+    for key in ("device", "device_name", "backends", "rhm", "shr", "rhm_stats", "engine",
+                "precision", "k", "seed", "batch_size", "model_batch", "run", "index",
+                "retrieval"):
         out[key] = first.get(key)
     # Each shard measured the prefilter's recall on its first micro-batch: pool them.
     samples = [r["retrieval"] for r in reports if "recall_sample" in (r.get("retrieval") or {})]

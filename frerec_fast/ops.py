@@ -12,6 +12,7 @@ import torch
 
 from . import backends
 from . import prefilter
+from .reference.spectral import bank_targets
 from .reference.checks import (check_domain, check_images, check_ratio, check_shr_args,
                                checks_skipped, require_finite)
 
@@ -49,6 +50,28 @@ def shr(x: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
     if x.shape[0] == 0:
         return torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     return fn(x, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio=ratio, domain=domain)
+
+
+def restat(y: torch.Tensor, mu_bank: torch.Tensor, sigma_bank: torch.Tensor,
+           eps_mu: torch.Tensor, eps_sigma: torch.Tensor, ratio: float = 0.5,
+           domain: str = "complex", backend: str = "auto") -> torch.Tensor:
+    """Give y's high band the target statistics that SHR sampled from the same bank and
+    noise (method §3, Eq. 2): ``shr(y, ...)`` with a bank of one entry holding
+    (mu_hat, sigma_hat) and zero noise, so every SHR backend computes it.
+
+    Used on the RHM's output (``CalibrateConfig.rhm_stats="shr"``): the RHM may reshape
+    the band, but its statistics stay the real neighbours' ones SHR chose, which a
+    network trained on few real images otherwise moves back towards the input's
+    (docs/rhm_quality.md).
+    y: [B, C, H, W]; mu_bank, sigma_bank: [B, K, C]; eps_mu, eps_sigma: [B, C].
+    Returns: [B, C, H, W] float32, not clipped.
+    """
+    check_shr_args(y, mu_bank, sigma_bank, eps_mu, eps_sigma, ratio, domain)
+    mu_hat, sigma_hat = bank_targets(mu_bank, sigma_bank, eps_mu, eps_sigma)
+    zero = torch.zeros_like(eps_mu)
+    # With K = 1 and zero noise, Eq. 2 gives back the single entry exactly.
+    return shr(y, mu_hat.float()[:, None], sigma_hat.float()[:, None], zero, zero,
+               ratio=ratio, domain=domain, backend=backend)
 
 
 def ssim_matrix(q: torch.Tensor, db: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -33,7 +33,7 @@ def _gap(a: Path, b: Path, size, ratio: float) -> dict:
 
 
 def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path, k: int = 200,
-            seed: int = 0) -> dict:
+            seed: int = 0, rhm_stats: str = "shr") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     index = ff.build_index(real_train, out / "index", progress=False)
@@ -42,7 +42,7 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
     # caps K at the index size minus one.
     k = min(k, len(index) - 1)
     run = dict(index=index, device="cpu", seed=seed, k=k, progress=False, resume=True)
-    variants = {"shr": dict(model=False), "frerec": dict(model=model)}
+    variants = {"shr": dict(model=False), "frerec": dict(model=model, rhm_stats=rhm_stats)}
     for name, kw in variants.items():
         for split, src in (("real", real_test), ("synthetic", synthetic)):
             rep = calibrate_dir(src, out / name / split, **run, **kw,
@@ -53,7 +53,7 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
                   calibrate_real=True)
     size_real, size_syn = image_size(real_test), image_size(synthetic)
     size = (min(size_real[0], size_syn[0]), min(size_real[1], size_syn[1]))
-    res = {"k": k, "index_images": len(index), "size_compared": list(size),
+    res = {"k": k, "rhm_stats": rhm_stats, "index_images": len(index), "size_compared": list(size),
            "real_test": str(real_test), "synthetic": str(synthetic), "model": str(model),
            "clean_passthrough_psnr": quality_dirs(real_test, out / "rhm_only" / "real")["psnr"],
            "real_restore": {"shr_psnr_vs_clean": quality_dirs(real_test, out / "shr" / "real")["psnr"],
@@ -78,7 +78,8 @@ def measure(real_train: Path, real_test: Path, synthetic: Path, model, out: Path
 
 
 def render(res: dict) -> str:
-    lines = [f"real index {res['index_images']} images, K={res['k']}; spectra at "
+    lines = [f"real index {res['index_images']} images, K={res['k']}, rhm_stats="
+             f"{res.get('rhm_stats', 'rhm')}; spectra at "
              f"{res['size_compared'][0]}x{res['size_compared'][1]}",
              f"RHM on clean held-out real (no SHR): PSNR {res['clean_passthrough_psnr']:.2f} dB",
              f"held-out real, SHR: {res['real_restore']['shr_psnr_vs_clean']:.2f} dB vs clean; "
@@ -108,12 +109,15 @@ def main(argv=None) -> int:
     ap.add_argument("-k", "--k", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--rhm-stats", choices=("shr", "rhm"), default="shr",
+                    help="whose high-band statistics full FreRec keeps (calibrate_dir's rhm_stats)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     if a.model is None:
         from frerec_fast.training.default import default_model_path
         a.model = default_model_path()
-    res = measure(a.real_train, a.real_test, a.synthetic, a.model, a.out, a.k)
+    res = measure(a.real_train, a.real_test, a.synthetic, a.model, a.out, a.k,
+                  rhm_stats=a.rhm_stats)
     print(render(res))
     if a.json:
         a.json.write_text(json.dumps(res, indent=1, default=str))

@@ -20,14 +20,20 @@ train rhm_default & p1=$!
 train rhm_nofesa --no-fesa & p2=$!
 wait "$p1"  # each job's own status: a refused or failed training stops the script here
 wait "$p2"
+BUNDLED="bundled: DCGAN vs held-out real slices (CT + MRI, 64x64)"
+UNSEEN="unseen: task DCGAN vs the MNI152 volume (never seen in RHM training)"
 for name in rhm_default rhm_nofesa; do
-  $PY scripts/rhm_quality.py --real-train "$DATA/real/train" --real-test "$DATA/real/heldout" \
-    --synthetic "$DATA/synthetic" --model "$OUT/$name/rhm.safetensors" \
-    --out "$OUT/q_$name/bundled" --json "$OUT/q_$name/bundled.json"
-  $PY scripts/rhm_quality.py --real-train "$TASK/real_train" --real-test "$TASK/real_test" \
-    --synthetic "$TASK/synthetic" --model "$OUT/$name/rhm.safetensors" \
-    --out "$OUT/q_$name/unseen" --json "$OUT/q_$name/unseen.json"
+  for stats in shr rhm; do  # calibrate_dir's rhm_stats: the default, then the paper-literal
+    $PY scripts/rhm_quality.py --real-train "$DATA/real/train" --real-test "$DATA/real/heldout" \
+      --synthetic "$DATA/synthetic" --model "$OUT/$name/rhm.safetensors" --rhm-stats $stats \
+      --out "$OUT/q_$name/bundled_$stats" --json "$OUT/q_$name/bundled_$stats.json"
+    $PY scripts/rhm_quality.py --real-train "$TASK/real_train" --real-test "$TASK/real_test" \
+      --synthetic "$TASK/synthetic" --model "$OUT/$name/rhm.safetensors" --rhm-stats $stats \
+      --out "$OUT/q_$name/unseen_$stats" --json "$OUT/q_$name/unseen_$stats.json"
+  done
   $PY -m frerec_fast.training.card "$OUT/$name/rhm.safetensors" frerec_fast/data/rhm --name $name \
-    --quality "bundled: DCGAN vs held-out real slices (CT + MRI, 64x64)" "$OUT/q_$name/bundled.json" \
-    --quality "unseen: task DCGAN vs the MNI152 volume (never seen in RHM training)" "$OUT/q_$name/unseen.json"
+    --quality "$BUNDLED" "$OUT/q_$name/bundled_shr.json" \
+    --quality "$BUNDLED, rhm_stats=rhm" "$OUT/q_$name/bundled_rhm.json" \
+    --quality "$UNSEEN" "$OUT/q_$name/unseen_shr.json" \
+    --quality "$UNSEEN, rhm_stats=rhm" "$OUT/q_$name/unseen_rhm.json"
 done

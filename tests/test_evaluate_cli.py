@@ -70,7 +70,8 @@ def test_labelled_end_to_end_report(labelled_run, capsys):
     # AutoAugment and Mix-up are torchvision's: without it they are reported as not run.
     assert set(not_run) <= {"AutoAugment", "Mix-up"}
     assert [m for m in ["RAW", "AutoAugment", "Mix-up", "AFA", "GDA", "GDA+shr", "GDA+rhm_nofesa",
-                        "GDA+rhm_noshr", "GDA+FreRec"] if m not in not_run] == list(methods)
+                        "GDA+rhm_noshr", "GDA+FreRec", "GDA+full_rhm_stats"]
+            if m not in not_run] == list(methods)
     assert methods["GDA"]["train_images"] == 12 + 6 and methods["RAW"]["train_images"] == 12
     for m in methods.values():
         assert len(m["per_seed"]) == 2
@@ -83,7 +84,7 @@ def test_labelled_end_to_end_report(labelled_run, capsys):
         assert paired[k]["per_seed_diff"] == pytest.approx(d)
         assert paired[k]["ci95"][0] <= paired[k]["mean_diff"] <= paired[k]["ci95"][1]
     rows = {row["variant"]: row for row in r["ablation"]}
-    assert list(rows) == ["shr", "rhm_nofesa", "rhm_noshr", "full"]
+    assert list(rows) == ["shr", "rhm_nofesa", "rhm_noshr", "full", "full_rhm_stats"]
     assert all("not_run" not in row and "classification" in row for row in rows.values())
     assert set(r["features"]["frechet"]) == {
         "before (raw synthetic vs raw real)",
@@ -103,7 +104,7 @@ def test_report_gaps_recomputed_from_the_written_images(labelled_run, data):
     raw_syn, raw_real = prof(data / "syn"), prof(data / "test")
     assert r["spectral"]["baseline"]["overall"]["high_band"] == pytest.approx(
         ff.frequency_gap(raw_syn, raw_real)[0], abs=1e-9)
-    for v in ("shr", "rhm_nofesa", "rhm_noshr", "full"):
+    for v in ("shr", "rhm_nofesa", "rhm_noshr", "full", "full_rhm_stats"):
         cal_syn = prof(out / "calibrated" / v / "synthetic")
         cal_real = prof(out / "calibrated" / v / "real_test")
         g = r["spectral"]["variants"][v]
@@ -115,6 +116,10 @@ def test_report_gaps_recomputed_from_the_written_images(labelled_run, data):
     # SHR at inference changes the images; the no-SHR ablation leaves the manifest saying so.
     rep = json.loads((out / "calibrated" / "rhm_noshr" / "synthetic" / "frerec_report.json").read_text())
     assert rep["shr"] is False and rep["rhm"] is True
+    # Full FreRec keeps SHR's high-band statistics; its paper-literal row keeps the RHM's.
+    for v, want in (("full", "shr"), ("full_rhm_stats", "rhm")):
+        rep = json.loads((out / "calibrated" / v / "synthetic" / "frerec_report.json").read_text())
+        assert rep["rhm_stats"] == want
 
 
 def test_second_run_reuses_the_calibrated_cache(labelled_run, data):

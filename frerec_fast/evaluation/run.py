@@ -29,7 +29,8 @@ SPLITS = ("synthetic", "real_train", "real_test")
 VARIANTS = {"shr": "SHR only",
             "rhm_nofesa": "RHM w/o FESA (SHR + an RHM trained with fesa=False)",
             "rhm_noshr": "RHM w/ FESA, no SHR at inference",
-            "full": "full FreRec (SHR + RHM w/ FESA)"}
+            "full": "full FreRec (SHR + RHM w/ FESA)",
+            "full_rhm_stats": "full FreRec, the RHM's own high-band statistics (paper-literal)"}
 METRICS = ("auc", "acc", "f1")
 DEFAULT_STEPS, QUICK_STEPS = 200, 12
 DEFAULT_SEEDS, QUICK_SEEDS = 5, 2
@@ -63,7 +64,7 @@ def _index_for(real_train: Path, where: Path) -> RealIndex:
 def _variant_calls(model, ablation_model) -> dict:
     """Variant -> calibrate_dir keyword arguments (rhm_nofesa only with an ablation model)."""
     calls = {"shr": {"model": False}, "rhm_noshr": {"model": model, "shr": False},
-             "full": {"model": model}}
+             "full": {"model": model}, "full_rhm_stats": {"model": model, "rhm_stats": "rhm"}}
     if ablation_model is not None:
         calls["rhm_nofesa"] = {"model": str(ablation_model)}
     return {v: calls[v] for v in VARIANTS if v in calls}

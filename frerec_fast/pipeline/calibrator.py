@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from ..ops import restat
 from ..ops import shr as shr_op
 from ..seeding import sample_eps
 from ..reference.checks import inputs_checked_upstream
@@ -51,6 +52,7 @@ class Compute:
     candidates: int | None
     calibrate_real: bool
     shr: bool
+    keep_shr_stats: bool = False   # set SHR's target statistics again on the RHM's output
 
 
 class Calibrator:
@@ -140,6 +142,11 @@ class Calibrator:
         if c.net is not None:
             with torch.inference_mode():
                 y = c.net(y)
+            if c.keep_shr_stats:
+                with inputs_checked_upstream():
+                    y = restat(y.float(), nb.mu_bank, nb.sigma_bank, *eps,
+                               ratio=c.index.config.ratio, domain=c.index.config.domain,
+                               backend=c.backend)
         y = y[:real].clamp(0.0, 1.0).float()
         t3 = self._mark()
         if not self.cuda:

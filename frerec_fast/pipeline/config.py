@@ -10,6 +10,7 @@ from typing import Sequence
 from ..engine.names import ALIASES, ENGINES, PRECISIONS, check_engine_settings
 
 RETRIEVALS = ("exact", "prefilter")
+RHM_STATS = ("shr", "rhm")
 
 
 def _opt(default, help: str, flags: tuple = (), **cli):
@@ -63,6 +64,12 @@ class CalibrateConfig:
                                  "skip and report them)", action="store_true")
     shr: bool = _opt(True, "skip retrieval and SHR: the RHM alone on the input (the "
                      "ablation 'RHM without SHR')", ("--no-shr",), action="store_false")
+    rhm_stats: str = _opt("shr", "whose high-band statistics the output keeps when SHR and "
+                          "the RHM both run: shr (default: SHR's sampled real-neighbour "
+                          "statistics are set again on the RHM's output, so the RHM reshapes "
+                          "the band but cannot undo SHR's alignment) or rhm (the RHM's output "
+                          "as it is, the paper's literal method); docs/rhm_quality.md",
+                          choices=RHM_STATS)
 
     def __post_init__(self):
         if not 0.0 <= self.overlap < 1.0:
@@ -80,6 +87,8 @@ class CalibrateConfig:
                                             or int(self.candidates) < 1):
             raise ValueError("candidates needs retrieval='prefilter' and must be >= 1, "
                              f"got {self.candidates!r}")
+        if self.rhm_stats not in RHM_STATS:
+            raise ValueError(f"rhm_stats must be 'shr' or 'rhm', got {self.rhm_stats!r}")
         check_engine_settings(self.engine, self.precision)
         if self.files is not None and not isinstance(self.files, tuple):
             if isinstance(self.files, str):

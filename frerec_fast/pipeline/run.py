@@ -224,7 +224,8 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
         model_batch=micro, index=index_digest(index), model=model_digest(net),
         engine=engine if rhm else None, precision=precision if rhm else None,
         retrieval=cfg.retrieval, candidates=recall.get("candidates"),
-        **({} if cfg.shr else {"shr": False}), device=dev.type, backends=used,
+        **({} if cfg.shr else {"shr": False}),
+        **({"rhm_stats": cfg.rhm_stats} if rhm and cfg.shr else {}), device=dev.type, backends=used,
         threads=torch.get_num_threads() if dev.type == "cpu" else None,
         torch=torch.__version__, frerec_fast=__version__)
     if rhm:
@@ -234,7 +235,7 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
                       k=cfg.k, seed=cfg.seed, backend=cfg.backend,
                       search_backend=search_backend, retrieval=cfg.retrieval,
                       candidates=recall.get("candidates"), calibrate_real=cfg.calibrate_real,
-                      shr=cfg.shr)
+                      shr=cfg.shr, keep_shr_stats=rhm and cfg.shr and cfg.rhm_stats == "shr")
     return Run(src, dst, cfg, compute, micro * -(-cfg.batch_size // micro), used, recall,
                run_id, engine if rhm else None, precision if rhm else None)
 
@@ -357,6 +358,7 @@ def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_fi
         "stage_seconds": vars(stages), "device": str(c.device),
         "device_name": torch.cuda.get_device_name(c.device) if c.device.type == "cuda" else "cpu",
         "backends": run.used, "rhm": rhm, "shr": cfg.shr,
+        "rhm_stats": cfg.rhm_stats if rhm and cfg.shr else None,
         "engine": run.engine, "precision": run.precision,
         "engine_build_seconds": _build_seconds(c.net),
         "retrieval": run.recall, "k": cfg.k, "seed": cfg.seed,

@@ -67,6 +67,11 @@ def card_text(config: dict, extra: dict, quality: dict | None = None,
         + f", {pert['tilt']:.0%} of them "
         f"after a random radial high-band gain (log10-amplitude slope within "
         f"+-{pert['max_slope']}, curvature within +-{pert['max_curve']})")
+    if pert and any(pert.get(k) for k in ("gamma", "noise", "blur")):
+        recipe += (f". Every clean crop (input and target alike) first varied in appearance: "
+                   f"a gamma within exp(+-{pert.get('gamma', 0)}), for "
+                   f"{pert.get('blur', 0):.0%} a down-and-up resampling by 1.5-2.5, for half "
+                   f"Gaussian noise of std up to {pert.get('noise', 0)} (magnitude taken)")
     arch = "FET-Restormer with FESA" if config.get("fesa", True) else \
         "plain Restormer (MDTA blocks, no FESA: the paper's ablation)"
     q = _quality_section(quality) if quality else ""
@@ -134,7 +139,9 @@ def _quality_section(quality: dict) -> str:
                 "|---|---|---|---|---|",
                 f"| raw | | | {r['raw_gap']['high_band']:.4f} / {r['raw_gap']['all_radii']:.4f} "
                 f"| {r['raw_gap']['high_band']:.4f} / {r['raw_gap']['all_radii']:.4f} |"]
-        for key, label in (("shr", "SHR only"), ("frerec", "FreRec (SHR + this RHM)")):
+        stats = {"shr": "; SHR's statistics kept, the default",
+                 "rhm": "; the RHM's own statistics, paper-literal"}.get(r.get("rhm_stats"), "")
+        for key, label in (("shr", "SHR only"), ("frerec", f"FreRec (SHR + this RHM{stats})")):
             v = r[key]
             a, d = v["gap_against_raw_real"], v["gap_deployed"]
             out.append(f"| {label} | {v['psnr_vs_input']:.2f} | {v['ssim_vs_input']:.4f} | "

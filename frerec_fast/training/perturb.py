@@ -46,14 +46,23 @@ class Perturbation:
     tilt: float = 0.8
     max_slope: float = 1.0
     max_curve: float = 0.5
+    # Appearance of the clean crop itself (input and target alike; ``appearance``): so
+    # that real images of another contrast, noise level or resolution pass through.
+    gamma: float = 0.0   # max |ln gamma| of a random gamma curve x ** gamma
+    noise: float = 0.0   # max std of added Gaussian noise (magnitude taken: Rician-like)
+    blur: float = 0.0    # share of crops resampled down (factor 1.5-2.5) and back up
 
     def __post_init__(self):
-        for name in ("identity", "random_bank", "tilt"):
+        for name in ("identity", "random_bank", "tilt", "blur"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"perturbation {name} must be in [0, 1], got {v!r}")
-        if self.max_slope < 0 or self.max_curve < 0:
-            raise ValueError("max_slope and max_curve must be >= 0")
+        if min(self.max_slope, self.max_curve, self.gamma, self.noise) < 0:
+            raise ValueError("max_slope, max_curve, gamma and noise must be >= 0")
+
+    @property
+    def changes_appearance(self) -> bool:
+        return bool(self.gamma or self.noise or self.blur)
 
     @classmethod
     def spec(cls) -> "Perturbation":
@@ -61,7 +70,9 @@ class Perturbation:
         return cls(identity=0.0, random_bank=0.0, tilt=0.0, max_slope=0.0, max_curve=0.0)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # Appearance fields only when used: a run recorded before they existed resumes.
+        d = asdict(self)
+        return {k: v for k, v in d.items() if v or k not in ("gamma", "noise", "blur")}
 
 
 @dataclass
@@ -130,3 +141,33 @@ def strength_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     """PSNR (dB) of a perturbed batch against its clean one: how strong the change is."""
     mse = float(((x_hat - x) ** 2).mean())
     return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def appearance(x: torch.Tensor, p: Perturbation, seed: int, step: int) -> torch.Tensor:
+    """The clean crops with a random gamma, blur and noise, drawn per image from (seed,
+    step): the real images the RHM must learn to pass through and restore, widened
+    beyond the training set's own contrast, resolution and noise (docs/rhm_quality.md).
+    Each image: half get noise (std uniform in [0, noise]), a ``blur`` share a
+    down-and-up resampling, every one a gamma in exp([-gamma, gamma]).
+    x: [B, C, h, w] float32 in [0, 1] -> [B, C, h, w] float32 in [0, 1].
+    """
+    b, _, h, w = x.shape
+    g = torch.Generator(device="cpu").manual_seed(image_seed(seed, "frerec_fast.train/appearance", step))
+    u = torch.rand(b, 4, generator=g, dtype=torch.float64)
+    noise = torch.randn(x.shape, generator=g).to(x.device)
+    out = []
+    for i in range(b):
+        xi = x[i:i + 1]
+        if u[i, 0] < p.blur:
+            f = 1.5 + float(u[i, 1])
+            small = torch.nn.functional.interpolate(
+                xi, size=(max(2, round(h / f)), max(2, round(w / f))), mode="area")
+            xi = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear",
+                                                 align_corners=False)
+        gam = math.exp((2 * float(u[i, 2]) - 1) * p.gamma)
+        xi = xi.clamp(0.0, 1.0) ** gam
+        if u[i, 3] < 0.5 and p.noise > 0:
+            std = p.noise * float(u[i, 3]) * 2  # uniform in [0, noise]
+            xi = (xi + std * noise[i:i + 1]).abs()
+        out.append(xi.clamp(0.0, 1.0))
+    return torch.cat(out).float().contiguous()

@@ -37,7 +37,7 @@ from ..reference.ssim import ssim
 from . import state as st
 from . import val_engine as engines
 from .data import ImageSet, augment, data_hash, epoch_order, load_images
-from .perturb import Perturbation, band_tilt, draw, random_banks
+from .perturb import Perturbation, appearance, band_tilt, draw, random_banks
 
 log = logging.getLogger("frerec_fast")
 
@@ -417,6 +417,8 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                 rows = order[s * bs:(s + 1) * bs]
                 keys = [train.keys[i] for i in rows.tolist()]
                 x = augment(train.images[rows], crop, seed, step).to(dev)
+                if pert.changes_appearance:
+                    x = appearance(x, pert, seed, step)
                 # Neighbours of the augmented crop itself, never the image's own entry.
                 nb = index.neighbours(x, k, exclude=positions[rows], backend=backend)
                 e_mu, e_sigma = sample_eps(seed, keys, icfg.channels, step, device=dev)
