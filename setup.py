@@ -110,6 +110,9 @@ setup(
         "openvino": ["openvino", "nncf>=3.4"],
         "triton": ["triton"],
         "ray": ["ray"],
+        # FAISS, for benchmarks/ann_compare.py (the prefilter's candidate stage against
+        # IVF / HNSW / PQ; docs/retrieval_scale.md). The index never needs it.
+        "faiss": ["faiss-cpu"],
         # frerec eval; torchvision (AutoAugment, Mix-up, resnet18) is left out on purpose:
         # an unpinned one drags in a newer torch. Install the one matching your torch
         # (torch 2.N <-> torchvision 0.(N+15)), as scripts/install.sh does.

@@ -7,7 +7,8 @@ where ``r_s`` is the stage's measured rate in images per second on one such unit
 
     decode, encode          always on CPU cores (the reader and the writer)
     retrieval               exact:     t = M / p             (M index images, p SSIM pairs/s)
-                            prefilter: t = M / e + C / p     (e embedding rows/s, C candidates)
+                            prefilter: t = M / e + C / r     (e embedding rows/s, C candidates,
+                                                              r re-rank pairs/s)
     shr, rhm                on a GPU when the job has GPUs and the rates have GPU numbers
                             for the stage, else on CPU cores; rhm by engine
 
@@ -63,7 +64,14 @@ DEFAULT_RATES: dict = {
     "worker_start_s": 2.0,
     "cpu": {"decode": 5200.0, "encode": 700.0, "shr": 19000.0,
             "rhm": {"onnxruntime": 34.0, "openvino": 31.4, "eager": 31.0},
-            "ssim_pairs_per_s": 72000.0, "embedding_rows_per_s": 1.59e7},
+            "ssim_pairs_per_s": 72000.0, "embedding_rows_per_s": 1.59e7,
+            # The prefilter's re-rank scores each short-listed image for one query only:
+            # its local statistics are not shared across queries as the exact scan's are
+            # (3 windowed filters per pair, not 1), so a pair costs ~3.5x more. Measured
+            # 20,300 pairs/s, one thread, 32 DCGAN queries x 1,000 candidates over 10^5
+            # (benchmarks/results/ann-compare-dcgan-n100000-cpu-amd-epyc-x1-threads-
+            # 20261129.json; 13,100/s at 10^6 with 10^4 candidates read from mapped shards).
+            "rerank_pairs_per_s": 20300.0},
 }
 
 
@@ -146,7 +154,10 @@ def _retrieval_seconds(block: dict, mode: str, index_size: int, candidates: int)
     rows = block.get("embedding_rows_per_s")
     if rows is None:
         return None
-    return index_size / rows + min(candidates, index_size) / pairs
+    # Rates files written before the re-rank had its own rate fall back to the exact
+    # scan's (optimistic: see DEFAULT_RATES).
+    rerank = block.get("rerank_pairs_per_s", pairs)
+    return index_size / rows + min(candidates, index_size) / rerank
 
 
 def _engine_rate(block: dict, engine: str | None) -> tuple[str, float] | None:
@@ -283,7 +294,7 @@ def _crossovers(cpu: dict, block: dict, candidates, k: int) -> dict:
         if rows:
             from .prefilter import MIN_CANDIDATES
             cand = int(candidates or max(4 * k, MIN_CANDIDATES))
-            left = t_rhm - cand / pairs
+            left = t_rhm - cand / block.get("rerank_pairs_per_s", pairs)
             out["prefilter"] = left * rows if left > 0 else 0.0
     return out
 
@@ -334,6 +345,95 @@ def _share(plan: dict, stage: str) -> str:
     return next(f"{r['share']:.0%}" for r in plan["stages"] if r["stage"] == stage)
 
 
+# -- memory and disk of the real index ------------------------------------------------------
+# Peak extra RAM of the prefilter re-rank per short-listed (query, candidate) image, in
+# bytes per retrieval pixel: measured, not derived. Over a 10^6 index at 64x64 with 16
+# queries, raising the short list from 1,024 to 10,000 candidates raised the peak RSS by
+# 5,664 MiB (15,649 - 9,985; benchmarks/results/index-scale-cpu-amd-epyc-x2-threads-
+# 20261129.json, rows prefilter-1024 and prefilter-10000): 5664 MiB / (16 x 8,976 x
+# 4096 px) = 10.1 bytes per pixel (the 1,024 row, 630 MiB over the exact row, gives 9.8).
+# The gathered float16 thumbnails are 2 of those; the rest are the re-rank's float32
+# copies, per-image local statistics and pair temporaries.
+RERANK_BYTES_PER_PIXEL = 5664 * 2 ** 20 / (16 * (10_000 - 1024) * 64 * 64)
+# Bytes of a shard pair and of its manifest entry beyond the per-image payload: the
+# safetensors header (~330 B), the shard JSON's config and checksum fields (~420 B) and
+# the manifest entry (~250 B); measured on small indexes (tests/test_capacity.py).
+SHARD_OVERHEAD_BYTES = 1000
+MANIFEST_BYTES = 300
+
+
+def index_bytes_per_image(retrieval_size=(64, 64), channels: int = 1, key_chars: int = 24,
+                          thumb: int | None = None) -> dict:
+    """Disk bytes per real image of a sharded index (``frerec_fast.index.files``), by part.
+
+    thumbs: h * w float16; stats: mu and sigma, C float32 each; embed: the prefilter
+    embedding, min(t, h) * min(t, w) float32 (t = 16); keys: the key and its file's
+    SHA-256 in the shard JSON, ``"key", "sha", `` = key_chars + 72 bytes (ASCII keys;
+    the benchmark's ``synthetic/0000000.png`` is 21). At 64x64 grey with 21-char keys:
+    8192 + 8 + 1024 + 93 = 9317 bytes, the 10^6 benchmark's measured 9317.0 per image.
+    """
+    from .prefilter import DEFAULT_THUMB
+    t = DEFAULT_THUMB if thumb is None else int(thumb)
+    h, w = (retrieval_size, retrieval_size) if isinstance(retrieval_size, int) \
+        else retrieval_size
+    parts = {"thumbs": 2 * h * w, "stats": 8 * int(channels),
+             "embed": 4 * min(t, h) * min(t, w), "keys": int(key_chars) + 72}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def index_footprint(index_size: int, *, retrieval_size=(64, 64), channels: int = 1,
+                    key_chars: int = 24, shard_size: int = 65536, queries: int = 16,
+                    candidates: int | None = None, k: int = 200) -> dict:
+    """Disk and RAM of a sharded real index of ``index_size`` images, and of searching it.
+
+    Returns bytes: ``disk`` (shards + manifest: ``index_bytes_per_image`` x M plus
+    SHARD_OVERHEAD_BYTES per shard), ``embeddings`` (what the prefilter's GEMM reads,
+    memory-mapped: M x t^2 x 4), ``thumbs_mapped`` (what an exact search maps: every
+    thumbnail, M x h x w x 2; file-backed pages, shared with the page cache and other
+    workers on the node), ``stats`` (mu and sigma of every image, gathered per
+    neighbour: held in RAM, M x C x 8), ``rerank_peak`` (the prefilter re-rank's extra
+    peak for one batch of ``queries`` x ``candidates``: RERANK_BYTES_PER_PIXEL x h x w per
+    pair, measured) and ``ram_prefilter`` / ``ram_exact`` (what one worker needs resident
+    for each mode: embeddings + stats + re-rank peak; thumbnails + stats).
+    """
+    from .prefilter import default_candidates
+    m = int(index_size)
+    h, w = (retrieval_size, retrieval_size) if isinstance(retrieval_size, int) \
+        else retrieval_size
+    per = index_bytes_per_image((h, w), channels, key_chars)
+    shards = max(1, math.ceil(m / int(shard_size)))
+    c = int(candidates or default_candidates(min(k, m), m))
+    out = {"index_size": m, "bytes_per_image": per["total"], "parts": per,
+           "shards": shards, "disk": per["total"] * m + shards * SHARD_OVERHEAD_BYTES
+           + MANIFEST_BYTES,
+           "embeddings": per["embed"] * m, "thumbs_mapped": per["thumbs"] * m,
+           "stats": per["stats"] * m, "queries": int(queries), "candidates": c,
+           "rerank_peak": int(RERANK_BYTES_PER_PIXEL * h * w * int(queries) * c)}
+    out["ram_prefilter"] = out["embeddings"] + out["stats"] + out["rerank_peak"]
+    out["ram_exact"] = out["thumbs_mapped"] + out["stats"]
+    return out
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB" if n >= 1e8 else f"{n / 1e6:,.1f} MB"
+
+
+def format_footprint(f: dict) -> str:
+    """The footprint lines ``frerec capacity`` prints."""
+    p = f["parts"]
+    return "\n".join([
+        f"index of {f['index_size']:,} images: {_gb(f['disk'])} on disk in {f['shards']:,} "
+        f"shard(s) ({f['bytes_per_image']:,} B/image: thumbnails {p['thumbs']:,}, "
+        f"embedding {p['embed']:,}, stats {p['stats']}, keys ~{p['keys']})",
+        f"  RAM per worker, prefilter: {_gb(f['ram_prefilter'])} (embeddings "
+        f"{_gb(f['embeddings'])} mapped, stats {_gb(f['stats'])}, re-rank peak "
+        f"{_gb(f['rerank_peak'])} for {f['queries']} queries x {f['candidates']:,} "
+        f"candidates)",
+        f"  RAM per worker, exact: {_gb(f['ram_exact'])} (every thumbnail mapped, "
+        f"{_gb(f['thumbs_mapped'])}; file pages, shared by the workers of a node)"])
+
+
 # -- measuring ------------------------------------------------------------------------------
 def _rate(fn, seconds: float, items: int, sync=None, rounds: int = 3) -> float:
     """Items per second of ``fn``: called repeatedly for about ``seconds`` (at least
@@ -374,7 +474,7 @@ def measure_rates(seconds: float = 2.0, *, device: str = "cpu", index=None, mode
     from .index import RealIndex, build_index, resample
     from .ops import shr, ssim_topk
     from .pipeline.run import compute_threads
-    from .prefilter import candidate_topk, default_candidates, embed_db
+    from .prefilter import candidate_topk, default_candidates, embed_db, rerank_with
     from .reference.checks import inputs_checked_upstream
     from .seeding import sample_eps
 
@@ -427,6 +527,19 @@ def measure_rates(seconds: float = 2.0, *, device: str = "cpu", index=None, mode
         dev_block["embedding_rows_per_s"] = _rate(
             lambda: candidate_topk(q, view, cand, db_embedding=emb), seconds, micro * rows,
             sync)
+
+        # the prefilter's re-rank: exact SSIM of each query against its own short list.
+        # Over a large index different queries short-list different images, so each
+        # query gets its own disjoint slice of a database of Q x C images (shared
+        # candidates would let the op reuse their statistics: 37k against 24k pairs/s
+        # here when 8 queries drew 1,024 each from 4,096).
+        c = default_candidates(min(k, rows), rows)
+        n_q = q.shape[0]
+        db_r = thumbs.repeat(-(-n_q * c // thumbs.shape[0]), 1, 1, 1)[:n_q * c]
+        g = torch.Generator().manual_seed(0)
+        short = torch.randperm(n_q * c, generator=g).view(n_q, c).to(dev)
+        dev_block["rerank_pairs_per_s"] = _rate(
+            lambda: rerank_with(q, db_r, short, min(kk, c)), seconds, n_q * c, sync)
 
         # SHR with the banks of the real neighbours
         nb = index.neighbours(x, k=min(k, len(index)))
@@ -538,10 +651,14 @@ def cmd_capacity(a) -> int:
                          candidates=a.candidates, k=a.k, engine=a.engine,
                          rhm=not a.shr_only, gpus=a.gpus, cpus_per_worker=a.cpus_per_worker,
                          utilization=a.utilization)
+    ws = rates.get("work_size") or [64, 64]
+    foot = index_footprint(parse_count(index_size), retrieval_size=tuple(ws),
+                           candidates=a.candidates, k=a.k, queries=a.queries)
     if a.json:
-        print(json.dumps({"plan": plan, "rates": rates}, indent=1))
+        print(json.dumps({"plan": plan, "rates": rates, "index_footprint": foot}, indent=1))
     else:
         print(format_plan(plan))
+        print(format_footprint(foot))
     return 0
 
 
@@ -583,5 +700,7 @@ def register(sub) -> None:
     s.add_argument("--cpus-per-worker", type=int, default=1)
     s.add_argument("--utilization", type=float, default=0.8,
                    help="share of each unit's time spent on images (stragglers, tail)")
+    s.add_argument("--queries", type=int, default=16,
+                   help="queries per re-rank batch (the footprint's re-rank peak)")
     s.add_argument("--json", action="store_true", help="print the plan and rates as JSON")
     s.set_defaults(fn=cmd_capacity)

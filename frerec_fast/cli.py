@@ -22,11 +22,23 @@ def cmd_index(a) -> int:
     from .index import build_index
 
     t0 = time.perf_counter()
+    if a.compact:
+        return _compact(a, t0)
+    if a.out is None:
+        print("frerec index: give REAL_DIR and OUT (or --compact INDEX_DIR)", file=sys.stderr)
+        return 2
     # Settings left out keep build_index's defaults (or, with --append, the index's own).
     given = {k: getattr(a, k) for k in ("ratio", "domain", "retrieval_size") if hasattr(a, k)}
-    idx = build_index(a.real_dir, a.out, work_size=a.work_size, channels=a.channels,
-                      batch_size=a.batch_size, backend=a.backend, progress=not a.quiet,
-                      shard_size=a.shard_size, workers=a.workers, append=a.append, **given)
+    common = dict(work_size=a.work_size, channels=a.channels, batch_size=a.batch_size,
+                  backend=a.backend, progress=not a.quiet, shard_size=a.shard_size,
+                  append=a.append, **given)
+    if a.ray or a.ray_address or a.ray_workers:
+        from .index.ray_build import build_index_ray
+        idx = build_index_ray(a.real_dir, a.out, num_workers=a.ray_workers,
+                              cpus_per_worker=a.cpus_per_worker, address=a.ray_address,
+                              **common)
+    else:
+        idx = build_index(a.real_dir, a.out, workers=a.workers, **common)
     shards = getattr(getattr(idx, "manifest", None), "shards", None)
     layout = f"{len(shards)} shard(s)" if shards else "one file pair"
     print(f"{'appended to' if a.append else 'indexed'} {len(idx)} image(s) from {a.real_dir} "
@@ -36,6 +48,32 @@ def cmd_index(a) -> int:
     for s in idx.skipped:
         print(f"  skipped {s['path']}: {s['error']}", file=sys.stderr)
     return 0
+
+
+def _compact(a, t0: float) -> int:
+    """`frerec index --compact INDEX_DIR [--shard-size N]`."""
+    from .index import RealIndex
+    from .index.compact import compact_index
+
+    if a.out is not None:
+        print("frerec index --compact takes one directory, the index", file=sys.stderr)
+        return 2
+    old = RealIndex.load(a.real_dir)
+    before = len(old.manifest.shards) if hasattr(old, "manifest") else 1
+    idx = compact_index(a.real_dir, shard_size=a.shard_size)
+    print(f"compacted {a.real_dir}: {before} shard(s) -> {len(idx.manifest.shards)} of "
+          f"{idx.manifest.shard_size} files, {len(idx)} image(s), in "
+          f"{time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def _ray_options(s, what: str, workers: str, cpus: str | None) -> None:
+    """--ray, --ray-address, --ray-workers and --cpus-per-worker of one subcommand."""
+    s.add_argument("--ray", action="store_true", help=what)
+    s.add_argument("--ray-address", default=None, help="existing Ray cluster ('auto', ray://...)")
+    s.add_argument("--ray-workers", type=int, default=None,
+                   help=f"{workers} (default: cluster CPUs / --cpus-per-worker)")
+    s.add_argument("--cpus-per-worker", type=int, default=1, help=cpus)
 
 
 def _device(name: str) -> str:
@@ -180,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "NIfTI) and write an index to OUT: one file pair (OUT/index.json + "
                        "OUT/index.safetensors) for up to 65,536 files, else a manifest "
                        "OUT/index.json and shards under OUT/shards/ (see --shard-size).")
-    s.add_argument("real_dir")
-    s.add_argument("out")
+    s.add_argument("real_dir", help="directory of real images (with --compact: the index)")
+    s.add_argument("out", nargs="?", default=None, help="index directory to write")
     s.add_argument("--ratio", type=float, default=argparse.SUPPRESS,
                    help="low-band ratio r (default 0.5)")
     s.add_argument("--domain", choices=("complex", "amplitude"), default=argparse.SUPPRESS,
@@ -202,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--append", action="store_true",
                    help="add the images of REAL_DIR to the index at OUT as new shards (its "
                    "settings are kept; keys already in it are refused)")
+    s.add_argument("--compact", action="store_true",
+                   help="rewrite the sharded index at REAL_DIR (the only argument) into full "
+                   "shards (of --shard-size files, default its own): many small appended "
+                   "shards become few; crash-safe, answers unchanged")
+    _ray_options(s, "build the shards as Ray tasks (a local cluster unless --ray-address); "
+                 "same bytes as a local build", "shard tasks at once on Ray",
+                 "CPUs (and torch threads) per Ray shard task")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_index)
 
@@ -220,14 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--model", default=None,
                            help="RHM checkpoint (default: the model shipped with the package)")
         from .pipeline.config import add_cli_options
-        add_cli_options(s, skip=() if not shr_only else ("engine", "precision", "shr"))
-        s.add_argument("--ray", action="store_true",
-                       help="run on Ray (a local cluster unless --ray-address): long-lived "
-                            "workers take shards of files; same outputs as a local run")
-        s.add_argument("--ray-address", default=None, help="existing Ray cluster ('auto', ray://...)")
-        s.add_argument("--ray-workers", type=int, default=None,
-                       help="Ray workers (default: cluster CPUs / --cpus-per-worker)")
-        s.add_argument("--cpus-per-worker", type=int, default=1)
+        add_cli_options(s, skip=() if not shr_only else ("engine", "precision", "shr",
+                                                         "rhm_stats"))
+        _ray_options(s, "run on Ray (a local cluster unless --ray-address): long-lived "
+                     "workers take shards of files; same outputs as a local run", "Ray workers",
+                     None)
         s.add_argument("--gpus-per-worker", type=float, default=0,
                        help="> 0 runs each Ray worker on CUDA")
         s.add_argument("--shard-size", type=int, default=None,

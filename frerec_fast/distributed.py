@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 
 from . import io as fio
-from .optional import optional_import
+from .optional import optional_import, ray_get
 from .pipeline import (REPORT, CalibrateConfig, ShardRunner, check_dirs, gaps_from_profiles,
                        make_config, prepare_dst)
 from .pipeline.record import RunLock
@@ -258,7 +258,7 @@ def _dispatch(ray, actors: list, shards: list[list[str]], bar, max_retries: int)
             if ref in starting:
                 w = starting.pop(ref)
                 try:
-                    _get(ray, ref)
+                    ray_get(ray, ref)
                     live[w] = actors[w]
                 except ray.exceptions.RayActorError as e:
                     last_error = e
@@ -266,7 +266,7 @@ def _dispatch(ray, actors: list, shards: list[list[str]], bar, max_retries: int)
             w, i = flying.pop(ref)
             busy[w] -= 1
             try:
-                reports[i] = _get(ray, ref)
+                reports[i] = ray_get(ray, ref)
             except ray.exceptions.RayActorError as e:
                 last_error = e
                 if not isinstance(e, ray.exceptions.ActorUnavailableError):
@@ -282,18 +282,6 @@ def _dispatch(ray, actors: list, shards: list[list[str]], bar, max_retries: int)
             r = reports[i]
             bar.update(r["ok"] + r["failed"] + r["skipped"])
     return reports
-
-
-def _get(ray, ref):
-    """``ray.get``, raising a worker's Python exception as itself (with the Ray error,
-    which holds the worker's traceback, as its cause) rather than wrapped."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, Exception):
-            raise cause from e
-        raise
 
 
 def merge_reports(reports: list[dict], seconds: float, ratio: float = 0.5) -> dict:

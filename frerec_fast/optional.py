@@ -17,3 +17,16 @@ def optional_import(name: str, purpose: str):
     except ImportError as e:
         hint = _HINTS.get(name.split(".")[0], f"pip install {name}")
         raise ImportError(f"{name} is needed for {purpose} but is not installed: {hint}") from e
+
+
+def ray_get(ray, ref):
+    """``ray.get`` of an optional Ray, raising a task's or actor's Python exception as
+    itself (with the Ray error, which holds the worker's traceback, as its cause) rather
+    than wrapped, so callers catch the errors they know (``CheckpointError``, ...)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from e
+        raise

@@ -73,6 +73,17 @@ def test_prefilter_at_a_million_index_images_moves_the_bottleneck_to_retrieval()
     assert _stage(d, "retrieval")["seconds"] == pytest.approx(1 + 1024 / 1e5)
 
 
+def test_prefilter_rerank_has_its_own_rate():
+    # retrieval = 1e6 / 1e6 + 1000 / 2.5e4 = 1.04 s; the crossover with the RHM (50 ms):
+    # (0.05 - 1000 / 2.5e4) * 1e6 = 10,000 index images (the rest of the RHM's 50 ms,
+    # 10 ms, buys 10^4 embedding rows).
+    rates = {**RATES, "cpu": {**RATES["cpu"], "rerank_pairs_per_s": 25_000.0}}
+    p = plan_capacity(rates, 1_000_000, 10_000, index_size=1_000_000, retrieval="prefilter",
+                      candidates=1000, utilization=1.0)
+    assert _stage(p, "retrieval")["seconds"] == pytest.approx(1.04)
+    assert p["crossover"]["prefilter"] == pytest.approx(10_000)
+
+
 def test_gpus_take_retrieval_shr_and_rhm_and_the_bottleneck_moves_to_the_cores():
     rates = {**RATES, "gpu": GPU}
     # GPU per image: 1000/1e7 + 1/1e5 + 1/1000 = 1.11 ms; CPU: decode 1 + encode 2 = 3 ms.
@@ -164,10 +175,51 @@ def test_measure_on_a_tiny_model(tmp_path):
     rates = check_rates(json.loads(out.read_text()))
     cpu = rates["cpu"]
     assert set(cpu) == {"decode", "encode", "shr", "rhm", "ssim_pairs_per_s",
-                        "embedding_rows_per_s"}
+                        "embedding_rows_per_s", "rerank_pairs_per_s"}
     assert list(cpu["rhm"]) == ["eager"] and rates["work_size"] == [64, 64]
     assert rates["index_size_measured"] == 171 and rates["worker_start_s"] > 0
     assert "10,000,000 images in 24h00m" in r.stdout and "bottleneck:" in r.stdout
     # The saved file plans the same job again.
     again = _frerec("capacity", "--images", "1e7", "--deadline", "1d", "--rates", out)
     assert again.returncode == 0 and again.stdout == r.stdout
+
+
+def test_index_footprint_formula_against_an_index_on_disk(tmp_path):
+    """Disk bytes per image (thumbnails, embedding, stats, keys) and per shard, from the
+    shard layout, against the sizes of a real sharded index's files; RAM parts by hand."""
+    from frerec_fast.capacity import index_bytes_per_image, index_footprint
+    idx = ff.build_index(real_dir("train"), tmp_path / "idx", shard_size=50, workers=1,
+                         progress=False)
+    n, shards = len(idx), len(idx.manifest.shards)
+    assert (n, shards) == (171, 4)
+    per = index_bytes_per_image((64, 64), 1, key_chars=21)
+    assert per == {"thumbs": 8192, "stats": 8, "embed": 1024, "keys": 93, "total": 9317}
+    # The per-image payload of the tensor files is exact; each header is under 400 B.
+    tens = sum(p.stat().st_size for p in (idx.path / "shards").glob("*.safetensors"))
+    assert 0 < tens - n * (8192 + 8 + 1024) < 400 * shards
+    # Shard JSONs: key + hash cost key length + 72 per image, plus under 500 B per shard.
+    js = sum(p.stat().st_size for p in (idx.path / "shards").glob("*.json"))
+    assert 0 < js - sum(len(k) + 72 for k in idx.keys) < 500 * shards
+    mean_key = sum(len(k) for k in idx.keys) / n
+    disk = sum(p.stat().st_size for p in idx.path.rglob("*") if p.is_file()
+               and not p.name.startswith("."))
+    f = index_footprint(n, key_chars=round(mean_key), shard_size=50, queries=4,
+                        candidates=100)
+    assert f["shards"] == 4
+    assert f["disk"] == pytest.approx(disk, rel=0.01)
+    assert f["embeddings"] == n * 1024 and f["thumbs_mapped"] == n * 8192
+    assert f["stats"] == n * 8
+    assert f["ram_prefilter"] == f["embeddings"] + f["stats"] + f["rerank_peak"]
+    # 10^6 images with the benchmark's 21-character keys: the measured 9.317 GB.
+    big = index_footprint(1_000_000, key_chars=21)
+    assert big["disk"] == pytest.approx(9_317_016_545, rel=1e-4)
+    # The re-rank peak grows with queries x candidates x pixels: the measured 16 x 10,000
+    # is about 5.6 GB over the index (10.1 B per pixel of each short-listed pair).
+    assert index_footprint(1_000_000, candidates=10_000)["rerank_peak"] / 1e9 == \
+        pytest.approx(6.6, abs=0.1)
+    r = _frerec("capacity", "--images", "1e7", "--deadline", "1d", "--index-size", "1e7",
+                "--retrieval", "prefilter")
+    assert r.returncode == 0, r.stderr
+    assert "index of 10,000,000 images: 93.20 GB on disk in 153 shard(s)" in r.stdout
+    # 10^7 x 1024 B of embeddings + 80 MB of stats + 16 x 1024 x 4096 x 10.1 B of re-rank
+    assert "RAM per worker, prefilter: 11.00 GB" in r.stdout

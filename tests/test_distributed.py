@@ -19,17 +19,15 @@ import frerec_fast as ff
 from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.model import RHM, RHMConfig, save_checkpoint
 from frerec_fast.pipeline import REPORT, calibrate_dir
+from run_helpers import ray_cluster  # noqa: F401 - a fixture
 from tiny_models import TINY
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'frerec_fast[ray]')")
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
-    yield
-    ray.shutdown()
+def cluster(ray_cluster):
+    yield ray_cluster
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,8 @@ the first shards; its tensor file is removed after the new manifest is in place)
 One build or append per index directory at a time (an ``flock`` on
 ``OUT/.frerec_index.lock``).
 
-**On a Ray cluster** the same pieces run as tasks (``out`` on a shared filesystem)::
+**On a Ray cluster** the same pieces run as tasks (``out`` on a shared filesystem);
+``frerec_fast.index.ray_build.build_index_ray`` (``frerec index --ray``) does this::
 
     plan = plan_shards(real_dir, out, shard_size=65536)          # config + file lists
     task = ray.remote(num_cpus=4)(build_shard)

@@ -85,12 +85,29 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    "(default: refuse, write rhm_rejected.safetensors, exit 3)")
     s.add_argument("--resume", action="store_true",
                    help="continue from the last complete epoch in OUT (bit-exact on CPU)")
+    s.add_argument("--appearance", nargs=3, type=float, default=None,
+                   metavar=("GAMMA", "NOISE", "BLUR"),
+                   help="also vary each clean training crop (input and target): a gamma "
+                   "within exp(+-GAMMA), Gaussian noise of std up to NOISE on half of them, a "
+                   "down-and-up resampling on a BLUR share; e.g. 0.4 0.01 0.3 (off by "
+                   "default; measured in docs/rhm_quality.md section 7)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _perturbation(a):
+    """The training-input distribution the options name (None: the default)."""
+    from dataclasses import replace
+
+    from .perturb import Perturbation
+    base = Perturbation.spec() if a.perturb == "spec" else None
+    if a.appearance is None:
+        return base
+    gamma, noise, blur = a.appearance
+    return replace(base or Perturbation(), gamma=gamma, noise=noise, blur=blur)
 
 
 def run(a) -> int:
     from ..devices import resolve_device
-    from .perturb import Perturbation
     from .train import WorseThanIdentity, train_rhm
 
     device = str(resolve_device(a.device))
@@ -102,7 +119,7 @@ def run(a) -> int:
                          amp=a.amp, grad_clip=a.grad_clip or None, device=device,
                          backend=a.backend, resume=a.resume, progress=not a.quiet,
                          num_threads=a.threads, keep_checkpoints=a.keep,
-                         perturbation=Perturbation.spec() if a.perturb == "spec" else None,
+                         perturbation=_perturbation(a),
                          keep_worse=a.keep_worse, val_engine=a.engine,
                          val_precision=a.precision)
     except WorseThanIdentity as e:
