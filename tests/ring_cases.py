@@ -15,6 +15,10 @@ CASES = [
     (12, 4, 1, 1, 2, 2),
     (8, 5, 16, 32, 1, 2),
 ]
+CASE_IDS = ["x".join(map(str, c)) for c in CASES]
+# Several row blocks per image and several threads (cpp), many programs (GPU).
+LARGE = [(64, 33, 16, 32, 3, 20), (37, 23, 5, 7, 2, 64)]
+FLOATS = ("float16", "bfloat16", "float32", "float64")  # every dtype the ring ops take
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
 

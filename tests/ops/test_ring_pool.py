@@ -9,7 +9,7 @@ import torch
 
 import ring_oracles as ro
 from frerec_fast.reference import ring_sector_index
-from ring_cases import CASES
+from ring_cases import CASE_IDS, CASES, FLOATS, LARGE
 
 from .support import (assert_close, assert_same_bytes, backend_params, f64, get_op, interpreted,
                       known_gap, small_only)
@@ -17,12 +17,6 @@ from .tolerances import tol
 
 OP = "ring_pool"
 BACKENDS = backend_params()
-FLOATS = ("float16", "bfloat16", "float32", "float64")
-# CASES: (h, w_half, n_rings, n_sectors, batch, channels): odd and non-square maps, 1xN /
-# Nx1 / 1x1, one bin, more bins than positions. LARGE: several row blocks per image and
-# several threads (cpp), many programs (GPU).
-LARGE = [(64, 33, 16, 32, 3, 20), (37, 23, 5, 7, 2, 64)]
-CASE_IDS = ["x".join(map(str, c)) for c in CASES]
 
 
 def data(b, h, wh, n_bins, dtype, device, seed):

@@ -9,7 +9,7 @@ import torch
 
 import ring_oracles as ro
 from frerec_fast.reference import ring_sector_index
-from ring_cases import CASES
+from ring_cases import CASE_IDS, CASES, FLOATS, LARGE
 
 from .support import (assert_close, assert_same_bytes, assert_sum_close, backend_params, f64,
                       get_op, interpreted, known_gap, small_only)
@@ -17,9 +17,6 @@ from .tolerances import tol
 
 OP = "ring_scatter"
 BACKENDS = backend_params()
-FLOATS = ("float16", "bfloat16", "float32", "float64")
-LARGE = [(64, 33, 16, 32, 3, 20), (37, 23, 5, 7, 2, 64)]
-CASE_IDS = ["x".join(map(str, c)) for c in CASES]
 
 
 def data(b, h, wh, n_bins, dtype, device, seed):
