@@ -128,6 +128,15 @@ def summary(rep: dict, dst) -> str:
                      + (", high-band statistics kept from SHR" if rep.get("rhm_stats") == "shr"
                         else ", high-band statistics the RHM's own" if rep.get("rhm_stats")
                         else ""))
+        fit = rep.get("rhm_fit") or {}
+        if fit.get("fits") is False:  # the full advice was logged when the run was planned
+            lines.append(f"  WARNING: the RHM does not fit this index's real images: they pass "
+                         f"through at {fit['psnr_db']:.1f} dB (< {fit['threshold_db']:.0f}); "
+                         f"see the warning above")
+        elif fit.get("fits"):
+            lines.append(f"  RHM fit: clean real images of the index pass through at "
+                         f"{fit['psnr_db']:.1f} dB (>= {fit['threshold_db']:.0f}; "
+                         f"{fit['checked']} checked)")
     r = rep.get("retrieval") or {}
     if r.get("mode") == "prefilter":
         got = (f"recall@k {r['recall_sample']:.3f} against exact on {r['recall_queries']} "

@@ -299,7 +299,7 @@ def merge_reports(reports: list[dict], seconds: float, ratio: float = 0.5) -> di
     first = reports[0] if reports else {}
     for key in ("device", "device_name", "backends", "rhm", "shr", "rhm_stats", "engine",
                 "precision", "k", "seed", "batch_size", "model_batch", "run", "index",
-                "retrieval"):
+                "retrieval", "rhm_fit"):
         out[key] = first.get(key)
     # Each shard measured the prefilter's recall on its first micro-batch: pool them.
     samples = [r["retrieval"] for r in reports if "recall_sample" in (r.get("retrieval") or {})]

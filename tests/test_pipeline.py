@@ -27,6 +27,7 @@ from frerec_fast import io as fio
 from frerec_fast.datasets import real_dir, synthetic_dir
 from frerec_fast.model import RHM, RHMConfig, save_checkpoint
 from frerec_fast.pipeline import MANIFEST, REPORT, calibrate_dir
+from frerec_fast.pipeline.fit import SAMPLE
 from frerec_fast.spectral import frequency_gap, spectral_profile
 from run_helpers import one_thread  # noqa: F401 - a fixture
 from tiny_models import TINY
@@ -428,7 +429,9 @@ class _FailsOnCall(torch.nn.Module):
 def test_compute_failure_fails_only_that_micro_batch(work, tmp_path, how):
     src = tmp_path / "src"
     rels = copy_synth(src, 12)
-    rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(2, how),
+    # The run's fit check (pipeline/fit.py) runs the model first: 16 thumbnails, 4 per call.
+    n_fit = -(-min(SAMPLE, len(ff.RealIndex.load(work / "idx"))) // 4)
+    rep = calibrate_dir(src, tmp_path / "out", work / "idx", model=_FailsOnCall(n_fit + 2, how),
                         engine="eager", device="cpu", k=8, batch_size=4, model_batch=4,
                         progress=False)
     # Micro-batch 2 holds files 5-8 in scan order: exactly those fail, with the reason.

@@ -20,6 +20,7 @@ from ..index import RealIndex
 from ..reference.checks import clamp_k
 from .calibrator import Calibrator, Compute, Stages
 from .config import CalibrateConfig, make_config
+from .fit import rhm_fit
 from .reader import SelfExclusion, input_files, make_job, read_files
 from .record import (MANIFEST, REPORT, Manifest, RunLock, RunRecord, check_dirs, index_digest,
                      model_digest, prepare_dst, run_fingerprint, sample_gaps)
@@ -188,6 +189,7 @@ class Run:
     run_id: str               # the resume fingerprint
     engine: str | None        # the RHM engine that runs ("auto" resolved); None: no RHM
     precision: str | None
+    fit: dict | None = None   # the RHM on the index's clean images (pipeline/fit.py)
 
 
 def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
@@ -231,13 +233,15 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
     if rhm:
         net = engine_net
         net.runner(*index.config.work_size)  # export / compile now: a failure ends the plan
+        fit = rhm_fit(net, index, dev)
     compute = Compute(index=index, net=net, device=dev, micro=micro,
                       k=cfg.k, seed=cfg.seed, backend=cfg.backend,
                       search_backend=search_backend, retrieval=cfg.retrieval,
                       candidates=recall.get("candidates"), calibrate_real=cfg.calibrate_real,
                       shr=cfg.shr, keep_shr_stats=rhm and cfg.shr and cfg.rhm_stats == "shr")
     return Run(src, dst, cfg, compute, micro * -(-cfg.batch_size // micro), used, recall,
-               run_id, engine if rhm else None, precision if rhm else None)
+               run_id, engine if rhm else None, precision if rhm else None,
+               fit if rhm else None)
 
 
 def _load_model(model, device: torch.device, cfg: CalibrateConfig):
@@ -360,7 +364,7 @@ def _report(run: Run, record: RunRecord, stages: Stages, calib: Calibrator, n_fi
         "backends": run.used, "rhm": rhm, "shr": cfg.shr,
         "rhm_stats": cfg.rhm_stats if rhm and cfg.shr else None,
         "engine": run.engine, "precision": run.precision,
-        "engine_build_seconds": _build_seconds(c.net),
+        "engine_build_seconds": _build_seconds(c.net), "rhm_fit": run.fit,
         "retrieval": run.recall, "k": cfg.k, "seed": cfg.seed,
         "batch_size": cfg.batch_size, "model_batch": c.micro, "run": run.run_id,
         "threads": torch.get_num_threads(), "workers": cfg.workers,

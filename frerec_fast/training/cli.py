@@ -22,11 +22,22 @@ def _ints(s: str) -> tuple[int, ...]:
     return tuple(int(v) for v in s.replace("x", ",").split(",") if v)
 
 
+_SIZE_FLAGS = ("preset", "dim", "heads", "blocks", "refinement", "n_rings", "n_sectors")
+
+
 def model_config(a):
-    """RHMConfig from a preset plus explicit overrides."""
+    """RHMConfig from a preset plus explicit overrides; None with --init (the checkpoint's
+    sizes), where any size flag is refused rather than silently ignored."""
     from ..model import RHMConfig
 
-    cfg = dict(PRESETS[a.preset])
+    if getattr(a, "init", None) is not None:
+        given = [f"--{n.replace('n_', '').replace('_', '-')}" for n in _SIZE_FLAGS
+                 if getattr(a, n) is not None] + (["--no-fesa"] if a.no_fesa else [])
+        if given:
+            raise ValueError(f"--init takes the model's sizes from the checkpoint; drop "
+                             f"{', '.join(given)}")
+        return None
+    cfg = dict(PRESETS[a.preset or "small"])
     for name in ("dim", "heads", "blocks", "refinement", "n_rings", "n_sectors"):
         v = getattr(a, name)
         if v is not None:
@@ -50,7 +61,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="validation's arithmetic (default: the training's own for eager, "
                    "fp32 for the other engines; e.g. --engine openvino --precision int8)")
-    s.add_argument("--preset", choices=sorted(PRESETS), default="small",
+    s.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="model size (default small: the shipped CPU model; paper: method §5)")
     s.add_argument("--dim", type=int, default=None)
     s.add_argument("--heads", type=_ints, default=None, help="per level, e.g. 1,2,4,8")
@@ -91,6 +102,11 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    "within exp(+-GAMMA), Gaussian noise of std up to NOISE on half of them, a "
                    "down-and-up resampling on a BLUR share; e.g. 0.4 0.01 0.3 (off by "
                    "default; measured in docs/rhm_quality.md section 7)")
+    s.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from this RHM checkpoint (or 'default', the shipped "
+                   "model) instead of random weights; its sizes are kept, so no size flags. "
+                   "For real images unlike the shipped model's (another modality, contrast "
+                   "or noise level): see docs/rhm_quality.md section 8")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -121,7 +137,7 @@ def run(a) -> int:
                          num_threads=a.threads, keep_checkpoints=a.keep,
                          perturbation=_perturbation(a),
                          keep_worse=a.keep_worse, val_engine=a.engine,
-                         val_precision=a.precision)
+                         val_precision=a.precision, init=a.init)
     except WorseThanIdentity as e:
         bar = "!" * 78
         print(f"{bar}\nfrerec train: NO MODEL DELIVERED. {e}\n{bar}", file=sys.stderr)
@@ -144,6 +160,11 @@ def run(a) -> int:
               f"{val.get('precision', 'fp32')}\n"
               f"    score {val['score']:.2f} vs identity {val['score_identity']:.2f}: "
               f"{'beats the identity' if val['beats_identity'] else 'WORSE THAN THE IDENTITY (kept: --keep-worse)'}")
+    start = (extra.get("init") or {}).get("val")
+    if start:
+        print(f"  started from {extra['init']['path']}: score {start['score']:.2f}, clean input "
+              f"passed through {start['psnr_clean']:.2f} dB before fine-tuning "
+              f"({'improved' if val and val['score'] > start['score'] else 'NOT improved: the starting model scores at least as well'})")
     return 0
 
 

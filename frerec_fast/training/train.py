@@ -27,7 +27,7 @@ from safetensors.torch import load as st_load
 from ..devices import resolve_device
 from ..index import RealIndex, build_index
 from ..model import RHM, RHMConfig, rhm_loss, save_checkpoint
-from ..model.checkpoint import checkpoint_paths
+from ..model.checkpoint import checkpoint_paths, load_rhm, read_checkpoint_meta
 from ..ops import shr
 from ..progress import NoBar
 from ..progress import bar as progress_bar
@@ -36,6 +36,7 @@ from ..spectral import frequency_gap, luma, psnr, spectral_profile
 from ..reference.ssim import ssim
 from . import state as st
 from . import val_engine as engines
+from .default import default_model_path
 from .data import ImageSet, augment, data_hash, epoch_order, load_images
 from .perturb import Perturbation, appearance, band_tilt, draw, random_banks
 
@@ -48,7 +49,7 @@ VAL_FROM_TRAIN = 64         # without val_dir, validate on this many training im
 VAL_EXTRA = -1  # sample_eps extra of the fixed validation noise (training steps are >= 0)
 # Arguments that change the numbers of a run; resume refuses to mix runs that differ in them.
 _MATH_KEYS = ("seed", "batch_size", "crop", "lr", "weight_decay", "warmup_steps", "k",
-              "grad_clip", "amp", "lambda_f", "backend", "min_lr_ratio", "perturbation")
+              "grad_clip", "amp", "lambda_f", "backend", "min_lr_ratio", "perturbation", "init")
 
 
 class WorseThanIdentity(RuntimeError):
@@ -273,7 +274,7 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
               resume: bool = False, progress: bool = True, num_threads: int | None = None,
               keep_checkpoints: int = 2, perturbation: Perturbation | None = None,
               keep_worse: bool = False, val_engine: str = "eager",
-              val_precision: str | None = None) -> Path:
+              val_precision: str | None = None, init=None) -> Path:
     """Train an RHM denoiser on real images: input SHR(x) with self-excluded neighbours and
     fresh noise per step, target x (method §5). Returns the final checkpoint's weights path
     (``out/rhm.safetensors``; ``load_rhm`` reads it).
@@ -304,6 +305,12 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         Without resume, an ``out`` that already holds epochs is refused.
     num_threads: torch CPU threads during training (restored afterwards).
     keep_checkpoints: completed epochs kept in ``out/checkpoints`` (older ones deleted).
+    init: start from these weights instead of a random initialisation (fine-tuning): an
+        RHM checkpoint path, or "default" for the shipped model. The model's sizes are the
+        checkpoint's (``config`` must be None or the same); its SHA-256 is part of the run's
+        settings (resume refuses another), and its own validation metrics are logged before
+        the first step and kept in the result's ``extra["init"]``, so the summary can say
+        whether fine-tuning beat the model it started from.
     val_engine, val_precision: the RHM engine that runs validation, by the names of
         ``load_rhm`` / ``calibrate_dir`` (default eager at the training's own precision;
         e.g. "openvino" with "int8"). Built from the current weights at every epoch's
@@ -331,14 +338,15 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         return _train(real_index_or_dir, out, val_dir, real_dir, config, epochs, batch_size,
                       crop, lr, weight_decay, warmup_steps, min_lr_ratio, k, lambda_f, seed,
                       amp_mode, grad_clip, dev, backend, resume, progress, keep_checkpoints,
-                      t_start, perturbation or Perturbation(), keep_worse, val_run)
+                      t_start, perturbation or Perturbation(), keep_worse, val_run, init)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, weight_decay,
            warmup_steps, min_lr_ratio, k, lambda_f, seed, amp_mode, grad_clip, dev, backend,
-           resume, progress, keep_checkpoints, t_start, pert, keep_worse, val_run) -> Path:
+           resume, progress, keep_checkpoints, t_start, pert, keep_worse, val_run,
+           init=None) -> Path:
     index, image_root = _open_index(src, out, real_dir, progress)
     icfg = index.config
     if len(index) < 2:
@@ -351,7 +359,9 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
         raise ValueError(f"batch {batch_size} of {crop[0]}x{crop[1]} crops leaves one value per "
                          f"channel at the 1/8-size level, where FESA's BatchNorm needs two: "
                          f"use batch_size >= 2 or crops larger than 8x8")
-    config = (config or RHMConfig()).replace(in_channels=icfg.channels)
+    start = _init_model(init, config, icfg.channels)
+    config = start.config if start is not None else (config or RHMConfig()).replace(
+        in_channels=icfg.channels)
     train = load_images(image_root, icfg.work_size, icfg.channels, keys=index.keys)
     if train.hashes != list(index.hashes):
         bad = next(key for key, a, b in zip(train.keys, train.hashes, index.hashes) if a != b)
@@ -374,12 +384,16 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
                  "num_threads": torch.get_num_threads(),
                  # Not in _MATH_KEYS: another validation engine may resume these weights.
                  "val_engine": val_run[0], "val_precision": val_run[1]}
+    if start is not None:  # absent otherwise: runs recorded before init existed still resume
+        train_cfg["init"] = start.init_sha256
 
     with torch.random.fork_rng(devices=[]):
         # Only the CPU generator (the one fork_rng restores): torch.manual_seed would also
         # reseed every CUDA generator of the caller.
         torch.random.default_generator.manual_seed(seed)
         model = RHM(config)
+    if start is not None:
+        model.load_state_dict(start.state_dict(), strict=True)
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_mode == "fp16")
@@ -404,6 +418,14 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
         log.info("resume: no complete epoch in %s; starting fresh", out)
 
     val = _validation(index, val_dir, train, seed, k, backend, dev, max(bs, 16))
+    init_val = None
+    if start is not None:
+        init_val = val.run(start.to(dev), *val_run)
+        log.info("starting point %s: val PSNR %.2f dB (SHR input %.2f), gap %.4f, clean in "
+                 "%.2f dB | score %.2f vs identity %.2f", start.init_path, init_val["psnr_model"],
+                 init_val["psnr_shr"], init_val["gap_model"], init_val["psnr_clean"],
+                 init_val["score"], init_val["score_identity"])
+        del start
     mu_db, sigma_db = index.tensors_on(dev)[1:]
     bar = progress_bar(total_steps, "train", "step", progress, initial=start_epoch * spe)
     n_params = sum(p.numel() for p in model.parameters())
@@ -491,6 +513,9 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
     model.load_state_dict(st_load(weights.read_bytes()), strict=True)
     extra["selected"] = {"epoch": chosen["epoch"], "by": "val_score = PSNR - 10 x high-band gap",
                          "val": chosen["val"]}
+    if init_val is not None:
+        extra["init"] = {"path": str(init_path_of(init)), "weights_sha256": train_cfg["init"],
+                         "val": init_val}
     extra["metrics"]["val"] = chosen["val"]
     if not chosen["val"]["beats_identity"] and not keep_worse:
         _remove_checkpoint(out / FINAL_NAME)  # never leave an earlier delivery looking current
@@ -510,6 +535,31 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
     _remove_checkpoint(out / REJECTED_NAME)
     save_checkpoint(out / FINAL_NAME, model, config, extra=extra)
     return checkpoint_paths(out / FINAL_NAME)[0]
+
+
+def init_path_of(init) -> Path:
+    """The checkpoint ``init`` names: "default" is the shipped model."""
+    return default_model_path() if str(init) == "default" else Path(init)
+
+
+def _init_model(init, config: RHMConfig | None, channels: int) -> RHM | None:
+    """The RHM to start from (eval mode, CPU), with ``init_path`` and ``init_sha256`` set;
+    None without ``init``. ValueError when its sizes or channels do not fit the run."""
+    if init is None:
+        return None
+    path = init_path_of(init)
+    model = load_rhm(path)
+    if config is not None and config.replace(in_channels=channels, dft=model.config.dft) \
+            != model.config:
+        raise ValueError(f"init {path}: its model config {model.config.to_dict()} differs from "
+                         f"the one asked for ({config.to_dict()}); with init the sizes are the "
+                         f"checkpoint's, so leave the config out")
+    if model.config.in_channels != channels:
+        raise ValueError(f"init {path} takes {model.config.in_channels}-channel images, the "
+                         f"index holds {channels}-channel ones")
+    model.init_path = path
+    model.init_sha256 = read_checkpoint_meta(path)["weights_sha256"]
+    return model
 
 
 def _remove_checkpoint(stem: Path) -> None:
