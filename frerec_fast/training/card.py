@@ -119,8 +119,12 @@ Score (PSNR - 10 x gap): model {val.get('score', nan):.2f}, identity {val.get('s
 {rows}
 
 **Limits.** Trained on 171 images of two volumes at 64x64: it is a demonstration model
-for the bundled data and for CPU smoke runs, not a model for clinical data. Train your
-own on your real images with `frerec train` (use `--preset paper` on a GPU).
+for the bundled data and for CPU smoke runs, not a model for clinical data. It passes
+clean real images of those two kinds through (>= 50 dB), not real images of other kinds
+(other CT, MR and fMRI EPI slices, diffusion b0: docs/rhm_quality.md §8 has both shipped
+models' numbers); every `calibrate_dir` run measures this on its own index
+(`report["rhm_fit"]`) and warns below 50 dB. Train your own on your real images with
+`frerec train` (use `--preset paper` on a GPU), or fine-tune this one (`--init default`).
 """
 
 
