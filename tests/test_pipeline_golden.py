@@ -92,6 +92,8 @@ def structure(out: dict) -> dict:
            if k not in ("frequency_gap", "run", "backends")}
     if isinstance(rep.get("retrieval"), dict):
         rep["retrieval"] = {k: v for k, v in rep["retrieval"].items() if k != "recall_sample"}
+    if isinstance(rep.get("rhm_fit"), dict):  # its PSNRs are float results
+        rep["rhm_fit"] = {k: v for k, v in rep["rhm_fit"].items() if not isinstance(v, float)}
     return {"manifest": lines, "report": rep, "stages": out["stages"]}
 
 
