@@ -130,9 +130,11 @@ def summary(rep: dict, dst) -> str:
                         else ""))
         fit = rep.get("rhm_fit") or {}
         if fit.get("fits") is False:  # the full advice was logged when the run was planned
+            got = (f"{fit['psnr_db']:.1f} dB" if fit.get("psnr_db") is not None
+                   else "non-finite outputs")
             lines.append(f"  WARNING: the RHM does not fit this index's real images: they pass "
-                         f"through at {fit['psnr_db']:.1f} dB (< {fit['threshold_db']:.0f}); "
-                         f"see the warning above")
+                         f"through at {got} (< {fit['threshold_db']:.0f} dB); see the warning "
+                         f"above")
         elif fit.get("fits"):
             lines.append(f"  RHM fit: clean real images of the index pass through at "
                          f"{fit['psnr_db']:.1f} dB (>= {fit['threshold_db']:.0f}; "

@@ -65,10 +65,11 @@ def run_demo(out: Path, k: int = 200, seed: int = 0, backend: str = "auto",
               f"{rep['images_per_s']:.1f} img/s, {rep['failed']} failed -> {out / 'frerec'} "
               f"(and the held-out real slices -> {out / 'frerec_real'})")
         fit = rep.get("rhm_fit") or {}
-        if "psnr_db" in fit:
-            print(f"      the RHM alone on {fit['checked']} clean real slices of the index: PSNR "
-                  f"{fit['psnr_db']:.1f} dB ({'passes them through' if fit['fits'] else 'DOES NOT pass them through'}"
-                  f", target >= {fit['threshold_db']:.0f}; docs/rhm_quality.md section 8)")
+        if fit.get("psnr_db") is not None:
+            verdict = "passes them through" if fit["fits"] else "DOES NOT pass them through"
+            print(f"      the RHM alone on {fit['checked']} clean real slices of the index: "
+                  f"PSNR {fit['psnr_db']:.1f} dB ({verdict}, target >= "
+                  f"{fit['threshold_db']:.0f}; docs/rhm_quality.md section 8)")
     else:
         print(f"[3/4] FreRec skipped: no shipped RHM model ({why})")
 

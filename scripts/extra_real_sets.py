@@ -3,10 +3,10 @@ as 16-bit PNGs, for checking the shipped RHM on data it never saw (docs/rhm_qual
 
 Sources are the sample files inside installed Python wheels, so nothing is downloaded:
 
-- ``pydicom`` (a project dependency): ``CT_small.dcm`` (head CT, 128x128), ``693_J2KI.dcm``
-  (head CT, 512x512, JPEG 2000), ``MR_small.dcm`` (MR, 64x64), ``examples_overlay.dcm``
-  (abdominal MR, 300x484).
-- ``nibabel`` (a project dependency): ``example4d.nii.gz``, a real EPI fMRI run
+- ``pydicom`` (the ``medical`` extra, which scripts/install.sh installs): ``CT_small.dcm``
+  (head CT, 128x128), ``693_J2KI.dcm`` (head CT, 512x512, JPEG 2000), ``MR_small.dcm``
+  (MR, 64x64), ``examples_overlay.dcm`` (abdominal MR, 300x484).
+- ``nibabel`` (the ``medical`` extra): ``example4d.nii.gz``, a real EPI fMRI run
   (128x96 x 24 slices x 2 volumes); the central 8 slices of the first volume.
 - ``dipy`` (not a dependency; pass ``--dipy DIR`` with an unpacked wheel, e.g.
   ``pip download dipy --no-deps`` then unzip): ten b0 slices of ``S0_10slices.nii.gz``
@@ -42,7 +42,8 @@ def _square(img: np.ndarray) -> np.ndarray:
     out[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = img
     if s > MAX_SIDE:
         t = torch.from_numpy(out)[None, None]
-        out = torch.nn.functional.interpolate(t, size=(MAX_SIDE, MAX_SIDE), mode="area")[0, 0].numpy()
+        out = torch.nn.functional.interpolate(t, size=(MAX_SIDE, MAX_SIDE),
+                                              mode="area")[0, 0].numpy()
     return out
 
 
@@ -72,7 +73,8 @@ def pydicom_nibabel(out: Path, rows: list) -> None:
         ds = pydicom.dcmread(path)
         a = ds.pixel_array.astype(np.float64)
         if group == "ct":
-            a = _ct(a * float(getattr(ds, "RescaleSlope", 1)) + float(getattr(ds, "RescaleIntercept", 0)))
+            slope = float(getattr(ds, "RescaleSlope", 1))
+            a = _ct(a * slope + float(getattr(ds, "RescaleIntercept", 0)))
         else:
             a = _mr(a)
         _save(a, out / f"dicom_{group}" / f"{Path(name).stem}.png", rows,

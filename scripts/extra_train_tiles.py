@@ -70,7 +70,8 @@ def tiles(root: Path, out: Path) -> int:
         for f, a in enumerate(frames):
             if ds.Modality == "CT":
                 r = _rescale(ds)
-                a = _ct(a * float(getattr(r, "RescaleSlope", 1)) + float(getattr(r, "RescaleIntercept", 0)))
+                slope = float(getattr(r, "RescaleSlope", 1))
+                a = _ct(a * slope + float(getattr(r, "RescaleIntercept", 0)))
             else:
                 a = _mr(a, np.percentile(frames, 99.5))
                 if ds.PhotometricInterpretation == "MONOCHROME1":
@@ -90,7 +91,8 @@ def tiles(root: Path, out: Path) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
-    p.add_argument("--wheel", type=Path, default=None, help="pydicom_data-*.whl (default: pip download)")
+    p.add_argument("--wheel", type=Path, default=None,
+                   help="pydicom_data-*.whl (default: pip download)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = a.wheel

@@ -81,3 +81,21 @@ def test_cli_option_trains_with_it_and_records_it(tmp_path):
     pert = meta["extra"]["training"]["perturbation"]
     assert (pert["gamma"], pert["noise"], pert["blur"]) == (0.4, 0.01, 0.3)
     assert pert["identity"] == Perturbation().identity and pert["tilt"] == Perturbation().tilt
+
+
+def test_cli_clean_share_is_recorded_and_checked(tmp_path, capsys):
+    """`frerec train --clean-share F`: the share of clean training inputs is the recipe's
+    ``identity`` (recorded, so resume's fingerprint holds it); outside [0, 1] refused."""
+    files = sorted(real_dir("train").rglob("*.png"))[::24]
+    for f in files:
+        dst = tmp_path / "real" / f.parent.name / f.name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst)
+    args = ["train", str(tmp_path / "real"), str(tmp_path / "out"), "--preset", "tiny",
+            "--epochs", "1", "--batch-size", "4", "-k", "4", "--device", "cpu", "--threads", "1",
+            "-q", "--keep-worse"]
+    assert main([*args, "--clean-share", "1.5"]) == 2
+    assert "identity must be in [0, 1]" in capsys.readouterr().err
+    assert main([*args, "--clean-share", "0.5"]) == 0
+    pert = json.loads((tmp_path / "out" / "rhm.json").read_text())["extra"]["training"]["perturbation"]
+    assert pert["identity"] == 0.5 and pert["tilt"] == Perturbation().tilt

@@ -13,6 +13,7 @@ from frerec_fast.datasets import real_dir
 from frerec_fast.model import RHMConfig
 from frerec_fast.training import ResumeError, train_rhm
 from frerec_fast.training.cli import PRESETS
+from frerec_fast.training.train import WorseThanStart
 
 TINY = RHMConfig(**PRESETS["tiny"])
 ARGS = dict(batch_size=4, k=8, warmup_steps=2, progress=False, num_threads=1, device="cpu",
@@ -91,11 +92,24 @@ def test_cli_init(tmp_path, data, capsys):
 
 
 def test_default_names_the_shipped_model(tmp_path, data):
-    """init="default" is the shipped RHM: its sizes, not the preset's."""
-    from frerec_fast.training.default import default_model_path
-
+    """init="default" is the shipped RHM: its sizes (small preset), not the tiny ones."""
     train, val, _ = data
     with pytest.raises(ValueError, match="differs from the one asked for"):
         train_rhm(train, tmp_path / "d", init="default", config=TINY, epochs=1, lr=1e-3, **ARGS)
-    meta = json.loads(default_model_path().with_suffix(".json").read_text())
-    assert meta["config"]["dim"] != TINY.dim
+    from frerec_fast.training.default import default_model_path
+    shipped = json.loads(default_model_path().with_suffix(".json").read_text())["weights_sha256"]
+    tuned = train_rhm(train, tmp_path / "e", init="default", config=RHMConfig(**PRESETS["small"]),
+                      epochs=1, lr=1e-4, val_dir=val, **ARGS)  # the same sizes: accepted
+    assert json.loads(tuned.with_suffix(".json").read_text())["extra"]["init"][
+        "weights_sha256"] == shipped
+
+
+def test_no_model_when_fine_tuning_does_not_beat_the_start(tmp_path, data):
+    """A learning rate too small to move the weights scores exactly the start's: nothing
+    is delivered (rhm_rejected instead), unless keep_worse."""
+    train, val, start = data
+    out = tmp_path / "ft"
+    args = {**ARGS, "keep_worse": False}
+    with pytest.raises(WorseThanStart, match="no epoch beat the model it started from") as e:
+        train_rhm(train, out, init=start, epochs=1, lr=1e-30, val_dir=val, **args)
+    assert e.value.rejected.is_file() and not (out / "rhm.safetensors").exists()

@@ -70,6 +70,10 @@ class CalibrateConfig:
                           "the band but cannot undo SHR's alignment) or rhm (the RHM's output "
                           "as it is, the paper's literal method); docs/rhm_quality.md",
                           choices=RHM_STATS)
+    fit_check: bool = _opt(True, "skip the check of the RHM alone on up to 16 of the index's "
+                           "clean real images (report rhm_fit; a warning below 50 dB; "
+                           "docs/rhm_quality.md section 8)", ("--no-fit-check",),
+                           action="store_false")
 
     def __post_init__(self):
         if not 0.0 <= self.overlap < 1.0:

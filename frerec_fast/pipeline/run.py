@@ -233,7 +233,8 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
     if rhm:
         net = engine_net
         net.runner(*index.config.work_size)  # export / compile now: a failure ends the plan
-        fit = rhm_fit(net, index, dev)
+        fit = rhm_fit(net, index, dev) if cfg.fit_check else {"checked": 0,
+                                                                "skipped": "fit_check=False"}
     compute = Compute(index=index, net=net, device=dev, micro=micro,
                       k=cfg.k, seed=cfg.seed, backend=cfg.backend,
                       search_backend=search_backend, retrieval=cfg.retrieval,

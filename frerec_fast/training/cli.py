@@ -102,6 +102,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
                    "within exp(+-GAMMA), Gaussian noise of std up to NOISE on half of them, a "
                    "down-and-up resampling on a BLUR share; e.g. 0.4 0.01 0.3 (off by "
                    "default; measured in docs/rhm_quality.md section 7)")
+    s.add_argument("--clean-share", type=float, default=None, metavar="F",
+                   help="share of training inputs left clean (target = input), teaching the "
+                   "model to pass real images through (default 0.3 with --perturb mixed; "
+                   "docs/rhm_quality.md section 9)")
     s.add_argument("--init", default=None, metavar="MODEL",
                    help="fine-tune: start from this RHM checkpoint (or 'default', the shipped "
                    "model) instead of random weights; its sizes are kept, so no size flags. "
@@ -116,6 +120,8 @@ def _perturbation(a):
 
     from .perturb import Perturbation
     base = Perturbation.spec() if a.perturb == "spec" else None
+    if getattr(a, "clean_share", None) is not None:
+        base = replace(base or Perturbation(), identity=a.clean_share)  # checked there
     if a.appearance is None:
         return base
     gamma, noise, blur = a.appearance
@@ -162,9 +168,10 @@ def run(a) -> int:
               f"{'beats the identity' if val['beats_identity'] else 'WORSE THAN THE IDENTITY (kept: --keep-worse)'}")
     start = (extra.get("init") or {}).get("val")
     if start:
+        better = val and val["score"] > start["score"]
         print(f"  started from {extra['init']['path']}: score {start['score']:.2f}, clean input "
-              f"passed through {start['psnr_clean']:.2f} dB before fine-tuning "
-              f"({'improved' if val and val['score'] > start['score'] else 'NOT improved: the starting model scores at least as well'})")
+              f"passed through {start['psnr_clean']:.2f} dB before fine-tuning ("
+              + ("improved)" if better else "NOT improved: delivered because of --keep-worse)"))
     return 0
 
 

@@ -63,6 +63,11 @@ class WorseThanIdentity(RuntimeError):
         self.rejected = rejected
 
 
+class WorseThanStart(WorseThanIdentity):
+    """Fine-tuning (``init``) found no epoch that beats the model it started from on
+    validation: the start is the better model, so nothing is delivered."""
+
+
 def val_score(psnr_db: float, gap_high: float) -> float:
     """The validation score that picks the delivered epoch: PSNR vs clean (dB) minus the
     high-band spectral error in dB (the method §8 gap is in log10 power, so x10). Both terms
@@ -309,8 +314,9 @@ def train_rhm(real_index_or_dir, out, *, val_dir=None, real_dir=None,
         RHM checkpoint path, or "default" for the shipped model. The model's sizes are the
         checkpoint's (``config`` must be None or the same); its SHA-256 is part of the run's
         settings (resume refuses another), and its own validation metrics are logged before
-        the first step and kept in the result's ``extra["init"]``, so the summary can say
-        whether fine-tuning beat the model it started from.
+        the first step and kept in the result's ``extra["init"]``. If no epoch scores above
+        the start, ``WorseThanStart`` is raised as for the identity (``keep_worse``
+        delivers it anyway).
     val_engine, val_precision: the RHM engine that runs validation, by the names of
         ``load_rhm`` / ``calibrate_dir`` (default eager at the training's own precision;
         e.g. "openvino" with "int8"). Built from the current weights at every epoch's
@@ -517,6 +523,20 @@ def _train(src, out, val_dir, real_dir, config, epochs, batch_size, crop, lr, we
         extra["init"] = {"path": str(init_path_of(init)), "weights_sha256": train_cfg["init"],
                          "val": init_val}
     extra["metrics"]["val"] = chosen["val"]
+    if init_val is not None and not chosen["val"]["score"] > init_val["score"]:
+        if not keep_worse:
+            _remove_checkpoint(out / FINAL_NAME)
+            save_checkpoint(out / REJECTED_NAME, model, config, extra=extra)
+            raise WorseThanStart(
+                f"no epoch beat the model it started from ({extra['init']['path']}) on "
+                f"{chosen['val']['source']}: best epoch {chosen['epoch']} scores "
+                f"{chosen['val']['score']:.2f} vs {init_val['score']:.2f} for the start. Keep "
+                f"using the start; the fine-tuned model was written to "
+                f"{checkpoint_paths(out / REJECTED_NAME)[0]}, not as the result (keep_worse="
+                f"True / --keep-worse delivers it anyway).",
+                checkpoint_paths(out / REJECTED_NAME)[0])
+        log.warning("delivering a fine-tuned model that does not beat its start on validation "
+                    "(keep_worse=True)")
     if not chosen["val"]["beats_identity"] and not keep_worse:
         _remove_checkpoint(out / FINAL_NAME)  # never leave an earlier delivery looking current
         save_checkpoint(out / REJECTED_NAME, model, config, extra=extra)
