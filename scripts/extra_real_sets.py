@@ -34,15 +34,15 @@ CT_LEVEL, CT_WIDTH = -18.0, 406.0
 MAX_SIDE = 256
 
 
-def _square(img: np.ndarray) -> np.ndarray:
-    """img: [H, W] float -> [S, S], zero-padded (centred), area-resampled to <= MAX_SIDE."""
+def _square(img: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """img: [H, W] float -> [S, S], zero-padded (centred), area-resampled to <= max_side."""
     h, w = img.shape
     s = max(h, w)
     out = np.zeros((s, s), np.float64)
     out[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = img
-    if s > MAX_SIDE:
+    if s > max_side:
         t = torch.from_numpy(out)[None, None]
-        out = torch.nn.functional.interpolate(t, size=(MAX_SIDE, MAX_SIDE),
+        out = torch.nn.functional.interpolate(t, size=(max_side, max_side),
                                               mode="area")[0, 0].numpy()
     return out
 

@@ -27,26 +27,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extra_real_sets import _ct, _mr  # noqa: E402 - the same mapping as the check sets
+from extra_real_sets import _ct, _mr, _square  # noqa: E402 - the check sets' mapping
 
 FILES = ("emri_small.dcm", "eCT_Supplemental.dcm", "explicit_VR-UN.dcm", "MR2_UNCR.dcm",
          "RG1_UNCR.dcm", "RG3_UNCR.dcm", "JPEG2000_UNC.dcm")
 TILE, SIDE, FOREGROUND = 64, 256, 0.15
-
-
-def _square(a: np.ndarray, side: int) -> np.ndarray:
-    h, w = a.shape
-    s = max(h, w)
-    out = np.zeros((s, s))
-    out[(s - h) // 2:(s - h) // 2 + h, (s - w) // 2:(s - w) // 2 + w] = a
-    if s != side:
-        out = torch.nn.functional.interpolate(torch.from_numpy(out)[None, None], size=(side, side),
-                                              mode="area")[0, 0].numpy()
-    return out
 
 
 def _rescale(ds):
@@ -76,7 +64,7 @@ def tiles(root: Path, out: Path) -> int:
                 a = _mr(a, np.percentile(frames, 99.5))
                 if ds.PhotometricInterpretation == "MONOCHROME1":
                     a = 1.0 - a
-            sq = _square(a, TILE if max(a.shape) <= TILE else SIDE)
+            sq = _square(a, SIDE)
             for i in range(0, sq.shape[0], TILE):
                 for j in range(0, sq.shape[1], TILE):
                     t = np.clip(sq[i:i + TILE, j:j + TILE], 0.0, 1.0)

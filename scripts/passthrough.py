@@ -17,20 +17,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 import frerec_fast as ff
 from frerec_fast.io import scan_images
+from frerec_fast.spectral import psnr
 from frerec_fast.pipeline import calibrate_dir
 
 
 def _psnr(a: Path, b: Path) -> float:
     """PSNR (dB, peak 1) of two single-channel 16-bit PNGs read as value / 65535; each image
     at its own size (a folder may mix sizes)."""
-    x, y = (np.asarray(Image.open(f), dtype=np.float64) / 65535.0 for f in (a, b))
+    x, y = (torch.from_numpy(np.asarray(Image.open(f), dtype=np.float64) / 65535.0)
+            for f in (a, b))
     if x.shape != y.shape:
         raise ValueError(f"{b}: shape {y.shape} differs from its input's {x.shape}")
-    return float(10.0 * np.log10(1.0 / max(np.mean((x - y) ** 2), 1e-20)))
+    return float(psnr(y[None, None], x[None, None])[0])
 
 
 def _label(model: str) -> str:

@@ -20,6 +20,8 @@ import logging
 
 import torch
 
+from ..spectral import psnr
+
 log = logging.getLogger("frerec_fast")
 
 THRESHOLD_DB = 50.0   # docs/rhm_quality.md: the pass-through target
@@ -36,9 +38,7 @@ def passthrough_psnr(run, x: torch.Tensor) -> torch.Tensor:
     """
     with torch.inference_mode():
         y = run(x).float().clamp(0.0, 1.0)
-    mse = ((y - x) ** 2).flatten(1).mean(1).double().cpu()
-    p = (10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_CAP_DB / 10))))
-    return torch.where(torch.isfinite(mse), p, torch.nan)
+    return psnr(y, x).cpu().clamp(max=PSNR_CAP_DB)  # NaN stays NaN
 
 
 def sample_positions(n: int, k: int = SAMPLE) -> list[int]:

@@ -212,6 +212,7 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
                          f"{index.config.channels}")
     micro = int(cfg.model_batch or MODEL_BATCH.get(dev.type, 8))
     rhm = net is not None
+    fit = None
     if rhm:
         from ..engine import RHMEngine  # checks the engine and precision; "auto" resolved
         engine_net = RHMEngine(net, engine, precision, dev, micro_batch=micro,
@@ -241,8 +242,7 @@ def plan(src: Path, dst: Path, index, model, cfg: CalibrateConfig) -> Run:
                       candidates=recall.get("candidates"), calibrate_real=cfg.calibrate_real,
                       shr=cfg.shr, keep_shr_stats=rhm and cfg.shr and cfg.rhm_stats == "shr")
     return Run(src, dst, cfg, compute, micro * -(-cfg.batch_size // micro), used, recall,
-               run_id, engine if rhm else None, precision if rhm else None,
-               fit if rhm else None)
+               run_id, engine if rhm else None, precision if rhm else None, fit)
 
 
 def _load_model(model, device: torch.device, cfg: CalibrateConfig):

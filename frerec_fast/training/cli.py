@@ -38,7 +38,7 @@ def model_config(a):
                              f"{', '.join(given)}")
         return None
     cfg = dict(PRESETS[a.preset or "small"])
-    for name in ("dim", "heads", "blocks", "refinement", "n_rings", "n_sectors"):
+    for name in _SIZE_FLAGS[1:]:
         v = getattr(a, name)
         if v is not None:
             cfg[name] = v
@@ -119,13 +119,15 @@ def _perturbation(a):
     from dataclasses import replace
 
     from .perturb import Perturbation
-    base = Perturbation.spec() if a.perturb == "spec" else None
+    base = Perturbation.spec() if a.perturb == "spec" else Perturbation()
+    changes = {}
     if getattr(a, "clean_share", None) is not None:
-        base = replace(base or Perturbation(), identity=a.clean_share)  # checked there
-    if a.appearance is None:
-        return base
-    gamma, noise, blur = a.appearance
-    return replace(base or Perturbation(), gamma=gamma, noise=noise, blur=blur)
+        changes["identity"] = a.clean_share  # range-checked by Perturbation
+    if a.appearance is not None:
+        changes.update(zip(("gamma", "noise", "blur"), a.appearance))
+    if a.perturb != "spec" and not changes:
+        return None  # train_rhm's default
+    return replace(base, **changes)
 
 
 def run(a) -> int:
